@@ -1,0 +1,17 @@
+# The two commands (see README):
+#   make demo   set up, build the model checkpoint, generate sample inputs, run the main job
+#   make test   set up and run the test suite (what .ci/run calls)
+PY := .venv/bin/python
+
+.PHONY: setup demo test bench
+setup:
+	scripts/setup.sh
+
+demo: setup
+	$(PY) -m jobs.demo
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench.all
