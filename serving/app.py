@@ -1,0 +1,168 @@
+"""The endpoint's Serve application: builder (for `serve run`, Serve configs, KubeRay) and CLI.
+
+    python -m serving.app --model PATH [--host H] [--port P] [--api-keys-file F] [--<any ServingConfig field> V]
+    serve run serving.app:build_app model=PATH api_keys_file=F
+    # Serve config / RayService:  import_path: serving.app:build_app   args: {model: ..., device: gpu, ...}
+
+Graph: one ingress deployment (`serving.ingress.GuardedOpenAiIngress`, a fraction of a CPU) in front of
+one `ray.serve.llm` LLMServer deployment per model (vLLM engine with the project's registration,
+engine kwargs from `model.engine.EngineSettings`, autoscaled between min and max replicas).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from serving.config import ServingConfig
+
+logger = logging.getLogger("serving.app")
+
+APP_NAME = "gemma4-unified"
+# Non-secret settings the ingress needs to reach the object store, copied into its runtime_env when
+# set where the app is built. Credentials stay out of the app config: replicas get them from their
+# own environment (Kubernetes secrets, instance profiles, ~/.aws), or from `ingress_env` (tests).
+_STORE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+
+
+def _resolve_device(config: ServingConfig) -> str:
+    """"auto" decided where the engine runs, not where the app is built (a KubeRay head has no GPU)."""
+    if config.device != "auto":
+        return config.device
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return "gpu" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+    except Exception:  # noqa: BLE001 - fall back to the local check
+        pass
+    return config.engine_settings().resolved_device()
+
+
+def llm_config(config: ServingConfig):
+    """The `ray.serve.llm.LLMConfig` of the model deployment."""
+    from ray.serve.llm import LLMConfig
+
+    device = _resolve_device(config)
+    settings = config.model_copy(update={"device": device}).engine_settings()
+    deployment_config = {
+        "autoscaling_config": {
+            "min_replicas": config.min_replicas,
+            "max_replicas": config.max_replicas,
+            "target_ongoing_requests": config.target_ongoing_requests,
+        },
+        "max_ongoing_requests": config.max_ongoing_requests,
+        "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s,
+        "graceful_shutdown_wait_loop_s": config.graceful_shutdown_wait_loop_s,
+    }
+    return LLMConfig(
+        model_loading_config={"model_id": config.served_model_id, "model_source": settings.model},
+        engine_kwargs=settings.ray_engine_kwargs(),
+        runtime_env={"env_vars": settings.env()},
+        accelerator_config={"kind": "cpu"} if device == "cpu" else {"kind": "gpu"},
+        deployment_config=deployment_config,
+        log_engine_metrics=True,  # vLLM engine metrics exported through Ray's Prometheus endpoint
+    )
+
+
+def build_app(args: dict | ServingConfig | None = None, *, ingress_env: dict | None = None):
+    """Serve application builder: `serve run serving.app:build_app model=...` or a Serve config's args.
+
+    `ingress_env` (also accepted as an `ingress_env` arg): extra environment variables for the ingress
+    replicas, e.g. object-store credentials where the cluster provides none (tests).
+    """
+    from ray import serve
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.serve.llm import build_llm_deployment
+    from ray.serve.llm.ingress import make_fastapi_ingress
+
+    from serving.ingress import ENDPOINTS, GuardedOpenAiIngress, build_fastapi_app
+
+    if isinstance(args, ServingConfig):
+        config = args
+    else:
+        merged = dict(args or {})
+        ingress_env = merged.pop("ingress_env", None) or ingress_env
+        config = ServingConfig.model_validate(merged)
+
+    model_cfg = llm_config(config)
+    model_id = config.served_model_id
+    server = build_llm_deployment(model_cfg)
+
+    env = {k: os.environ[k] for k in _STORE_ENV if os.environ.get(k)}
+    env.update(ingress_env or {})
+    ingress_cls = make_fastapi_ingress(GuardedOpenAiIngress, endpoint_map=ENDPOINTS, app=build_fastapi_app(config))
+    ingress = serve.deployment(
+        ingress_cls,
+        name="OpenAiIngress",
+        num_replicas=config.ingress_replicas,
+        max_ongoing_requests=10_000,  # admission is the guard's job (per key), not Serve's queue
+        graceful_shutdown_timeout_s=config.graceful_shutdown_timeout_s,
+        graceful_shutdown_wait_loop_s=config.graceful_shutdown_wait_loop_s,
+        ray_actor_options={"num_cpus": config.ingress_num_cpus, "runtime_env": {"env_vars": env}},
+    )
+    return ingress.bind(
+        llm_deployments={model_id: server},
+        model_cards={model_id: to_model_metadata(model_id, model_cfg)},
+        serving_config=config.model_dump(),
+    )
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.app",
+        description="Serve Gemma 4 Unified as an OpenAI-compatible endpoint on Ray Serve.",
+    )
+    parser.add_argument("--config", help="YAML file with ServingConfig fields (flags override it).")
+    parser.add_argument("--ray-address", default=None, help="Attach to this Ray cluster ('auto': the local one).")
+    for name, field in ServingConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, default=None, help=field.description or None)
+    return parser
+
+
+def config_from_argv(argv: list[str] | None = None) -> tuple[ServingConfig, argparse.Namespace]:
+    ns = _parser().parse_args(argv)
+    values: dict = {}
+    if ns.config:
+        import yaml
+
+        with open(ns.config) as handle:
+            values.update(yaml.safe_load(handle) or {})
+    values.update({k: v for k, v in vars(ns).items() if k in ServingConfig.model_fields and v is not None})
+    return ServingConfig.model_validate(values), ns
+
+
+def main(argv: list[str] | None = None) -> int:
+    import ray
+    from ray import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config, ns = config_from_argv(argv)
+    address = ns.ray_address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, runtime_env={"env_vars": config.engine_settings().env()} if not address else None)
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(build_app(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
+    print(f"serving {config.served_model_id} at http://{config.host}:{config.port}/v1", flush=True)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    # Graceful: Serve drains in-flight requests (graceful_shutdown_* settings) before replicas stop.
+    serve.delete(APP_NAME)
+    if not address:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Typed settings of the online endpoint: engine, scaling, security limits, media policy.
+
+One pydantic model, `ServingConfig`, is what the CLI (`python -m serving.app`), the Serve app builder
+(`serve run serving.app:build_app key=value ...`, Serve config files, the KubeRay RayService) and the
+tests all fill in. Engine settings are *not* duplicated here: `engine_settings()` renders them into
+`model.engine.EngineSettings`, the project's one engine builder shared with the batch pipeline.
+
+Secrets never live in this object: it holds the *path* of an API-key file and the *name* of an
+environment variable; the ingress replica reads the keys itself at start. That keeps keys out of the
+Serve controller's stored application config, `serve status` output and logs.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from model.engine import EngineSettings
+
+
+class ServingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # -- model / engine (rendered through model.engine.EngineSettings) ------------------------
+    model: str = Field(description="Checkpoint directory (HF layout).")
+    model_id: str | None = Field(None, description="Name clients send as `model`; default: directory name.")
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    max_model_len: int = 8192
+    max_images_per_prompt: int = 4
+    max_audios_per_prompt: int = 4
+    max_soft_tokens: int | None = None
+    tensor_parallel_size: int = 1
+    max_num_seqs: int = 64
+    cpu_kv_cache_gib: int = 1
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+
+    # -- scaling / lifecycle (Ray Serve deployment options) -------------------------------------
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 16
+    max_ongoing_requests: int = 64
+    ingress_replicas: int = 1
+    ingress_num_cpus: float = 0.1  # the ingress only parses and forwards; a fraction of a core
+    graceful_shutdown_timeout_s: float = 30.0
+    graceful_shutdown_wait_loop_s: float = 2.0
+
+    # -- authentication and per-key limits -----------------------------------------------------
+    api_keys_file: str | None = Field(None, description="File with one key per line ('#' comments).")
+    api_keys_env: str = Field("SERVING_API_KEYS", description="Env var with comma-separated keys.")
+    allow_unauthenticated: bool = Field(
+        False, description="Serve without keys (development only); otherwise no keys -> refuse to start."
+    )
+    max_concurrent_per_key: int = Field(8, description="In-flight requests per key per ingress replica; 429 above.")
+    requests_per_minute_per_key: int | None = Field(None, description="Token-bucket rate per key; None = off.")
+
+    # -- request limits (400/413) --------------------------------------------------------------
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_images_per_request: int | None = Field(None, description="Default: max_images_per_prompt.")
+    max_image_pixels: int = 40_000_000
+    max_audios_per_request: int | None = Field(None, description="Default: max_audios_per_prompt.")
+    max_chat_audio_seconds: float = Field(30.0, description="Per clip in chat; the model window is 30 s.")
+    max_transcription_seconds: float = 4 * 3600.0
+    max_transcription_concurrency: int = Field(8, description="Chunks of one transcription in flight at once.")
+
+    # -- media URL policy ----------------------------------------------------------------------
+    allowed_media_domains: list[str] = Field(
+        default_factory=list, description="http(s) hosts media may be fetched from; empty = http(s) off."
+    )
+    allow_s3_media: bool = True
+    media_fetch_timeout_s: float = 20.0
+
+    @field_validator("allowed_media_domains", mode="before")
+    @classmethod
+    def _split_domains(cls, value):
+        if isinstance(value, str):
+            value = [d for d in value.split(",")]
+        return [d.strip().lower() for d in value if d and d.strip()]
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _absolute_keys_file(cls, value):
+        # Replicas may run with another working directory: store an absolute path.
+        return str(pathlib.Path(value).expanduser().resolve()) if value else value
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def served_model_id(self) -> str:
+        return self.model_id or pathlib.Path(self.model).name
+
+    @property
+    def images_per_request(self) -> int:
+        return self.max_images_per_request or self.max_images_per_prompt
+
+    @property
+    def audios_per_request(self) -> int:
+        return self.max_audios_per_request or self.max_audios_per_prompt
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(
+            model=str(pathlib.Path(self.model).expanduser().resolve()),
+            device=self.device,
+            max_model_len=self.max_model_len,
+            max_images_per_prompt=self.max_images_per_prompt,
+            max_audios_per_prompt=self.max_audios_per_prompt,
+            max_soft_tokens=self.max_soft_tokens,
+            tensor_parallel_size=self.tensor_parallel_size,
+            max_num_seqs=self.max_num_seqs,
+            cpu_kv_cache_gib=self.cpu_kv_cache_gib,
+        )

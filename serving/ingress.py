@@ -1,0 +1,126 @@
+"""The ingress deployment: `ray.serve.llm`'s OpenAI ingress plus auth, limits, media policy and chunked
+transcription.
+
+Extension points used (all public in `ray.serve.llm`):
+* `OpenAiIngress` is subclassed: `chat` vets and rewrites media before calling the library's own
+  request path (`_process_llm_request` -> LLMServer handle -> vLLM's OpenAI serving layer), so
+  streaming, usage, error mapping and request routing stay the library's;
+* `make_fastapi_ingress(cls, endpoint_map=..., app=...)` turns it into a Serve ingress with our
+  route set (library routes we do not serve, like embeddings and scoring, are left out) and our FastAPI
+  app, which carries the library's middleware (request ids, HTTP metrics, exception mapping) with
+  `GuardMiddleware` outermost.
+
+`/v1/audio/transcriptions` is ours: vLLM's transcription endpoint targets Whisper-style models, while
+this model transcribes through a chat prompt and only sees 30 s per clip. It decodes, chunks, prompts
+and stitches with the same `model.media` / `model.audio_chunks` / `model.prompts` code as the batch
+pipeline, and sends each chunk through the same LLMServer handle as chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
+from ray.serve.llm.ingress import OpenAiIngress
+from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+from serving.config import ServingConfig
+from serving.errors import RequestError, json_response
+from serving.media_policy import MediaPolicy
+
+logger = logging.getLogger("serving.ingress")
+
+
+class GuardedOpenAiIngress(OpenAiIngress):
+    def __init__(self, llm_deployments, model_cards, *, serving_config: dict, lora_paths=None, **kwargs):
+        super().__init__(llm_deployments, model_cards, lora_paths=lora_paths, **kwargs)
+        self.config = ServingConfig.model_validate(serving_config)
+        self.media = MediaPolicy(self.config)
+
+    # -- chat ------------------------------------------------------------------------------------
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        try:
+            body = _sanitize_chat_completion_request(body)
+            if body.n is not None and body.n > 8:
+                raise RequestError(400, "n must be at most 8.", param="n")
+            body.messages = await self.media.vet_messages(body.messages)
+        except RequestError as e:
+            return json_response(e)
+        return await super().chat(body, request)
+
+    # -- transcription ---------------------------------------------------------------------------
+    async def transcriptions(self, request: Request) -> Response:
+        from serving.transcribe import transcribe_request
+
+        try:
+            return await transcribe_request(self, request)
+        except RequestError as e:
+            return json_response(e)
+
+    async def chat_once(self, body: ChatCompletionRequest) -> Any:
+        """One non-streaming chat call through the library's LLMServer handle (used per chunk)."""
+        from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse
+
+        async for response in self._get_response(body=body, call_method="chat"):
+            if isinstance(response, list):
+                response = response[0]
+            if isinstance(response, ErrorResponse):
+                code = int(response.error.code or 500)
+                raise RequestError(code if 400 <= code < 500 else 400, response.error.message)
+            return response
+        raise RuntimeError("engine returned no response")
+
+    # -- health ----------------------------------------------------------------------------------
+    async def health(self) -> Response:
+        """200 when every model's LLMServer answers its health check within 10 s, else 503."""
+        try:
+            async with asyncio.timeout(10):
+                for handle in self._default_serve_handles.values():
+                    await handle.check_health.remote()
+        except Exception as e:  # noqa: BLE001 - any failure means "not ready"; the reason is the body
+            return JSONResponse({"status": "unhealthy", "reason": type(e).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
+
+
+ENDPOINTS = {
+    "models": lambda app: app.get("/v1/models"),
+    "model_data": lambda app: app.get("/v1/models/{model:path}"),
+    "completions": lambda app: app.post("/v1/completions"),
+    "chat": lambda app: app.post("/v1/chat/completions"),
+    "transcriptions": lambda app: app.post("/v1/audio/transcriptions"),
+    "health": lambda app: app.get("/health"),
+}
+
+
+def build_fastapi_app(config: ServingConfig) -> FastAPI:
+    """The library's ingress app (its middleware stack) with the guard added outermost."""
+    from ray.llm._internal.serve.core.ingress.ingress import init
+    from serving.guard import GuardMiddleware
+
+    app = init()
+    app.add_middleware(
+        GuardMiddleware,
+        max_body_bytes=config.max_body_bytes,
+        api_keys_file=config.api_keys_file,
+        api_keys_env=config.api_keys_env,
+        allow_unauthenticated=config.allow_unauthenticated,
+        max_concurrent_per_key=config.max_concurrent_per_key,
+        requests_per_minute_per_key=config.requests_per_minute_per_key,
+    )
+    # Malformed JSON and schema errors: the library answers 400 in OpenAI form. Unknown routes and
+    # wrong methods: FastAPI's 404/405 in OpenAI form as well.
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):  # noqa: ANN001
+        return json_response(RequestError(exc.status_code, str(exc.detail)))
+
+    return app
+
+
+__all__ = ["GuardedOpenAiIngress", "ENDPOINTS", "build_fastapi_app", "status", "PlainTextResponse"]

@@ -1,0 +1,142 @@
+"""POST /v1/audio/transcriptions: OpenAI's multipart upload, any length, chunked and stitched like batch.
+
+decode (`model.media.decode_audio`: any soundfile format -> 16 kHz mono float32)
+-> chunk (`model.audio_chunks.split_audio`: 30 s windows with overlap, exact frame boundaries)
+-> prompt (`model.prompts.messages_for_item(task, "audio", audio=...)`)
+-> infer (one greedy chat call per chunk through the LLMServer handle; chunks run concurrently so the
+   engine batches them)
+-> stitch (`model.audio_chunks.stitch`) -> json / text / verbose_json (one segment per chunk, with
+   start/end seconds).
+
+The form's `prompt` is used as the task, like the batch pipeline's `--task`: empty means "transcribe".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from model import audio_chunks, prompts
+from model.media import MediaError, MediaLimits, decode_audio
+from serving.errors import RequestError
+
+if TYPE_CHECKING:
+    from serving.ingress import GuardedOpenAiIngress
+
+FORMATS = ("json", "text", "verbose_json")
+# The same default the batch pipeline uses for a chunk's answer length.
+DEFAULT_MAX_TOKENS = 256
+
+
+async def _form(request: Request):
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise RequestError(400, "Send the audio as multipart/form-data with a 'file' field (OpenAI's format).")
+    try:
+        return await request.form(max_files=1, max_fields=32)
+    except Exception as e:  # noqa: BLE001 - starlette raises several types for malformed multipart
+        raise RequestError(400, f"Malformed multipart body: {type(e).__name__}.") from None
+
+
+def _field(form, name: str, default: str | None = None) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return default
+    if isinstance(value, UploadFile):
+        raise RequestError(400, f"'{name}' must be a form field, not a file.", param=name)
+    return value
+
+
+async def transcribe_request(ingress: "GuardedOpenAiIngress", request: Request) -> Response:
+    config = ingress.config
+    form = await _form(request)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise RequestError(400, "Missing 'file': upload the audio as a multipart file field.", param="file")
+    response_format = _field(form, "response_format", "json")
+    if response_format not in FORMATS:
+        raise RequestError(
+            400, f"response_format {response_format!r} is not supported; use one of {', '.join(FORMATS)}.",
+            param="response_format",
+        )
+    try:
+        temperature = float(_field(form, "temperature", "0") or 0)
+        max_tokens = int(_field(form, "max_tokens", str(DEFAULT_MAX_TOKENS)))
+    except ValueError:
+        raise RequestError(400, "temperature must be a number and max_tokens an integer.") from None
+    if not 0.0 <= temperature <= 2.0 or not 1 <= max_tokens <= config.max_model_len:
+        raise RequestError(400, "temperature must be in [0, 2] and max_tokens in [1, max_model_len].")
+    model_id = await ingress._get_model_id(_field(form, "model"))
+    task = (_field(form, "prompt") or "").strip() or "transcribe"
+    language = _field(form, "language")
+
+    data = await upload.read()
+    limits = MediaLimits(max_audio_seconds=config.max_transcription_seconds)
+    try:
+        audio = await asyncio.to_thread(decode_audio, data, limits)
+    except MediaError as e:
+        raise RequestError(400, f"file: {e}", param="file") from None
+    del data
+
+    started = time.monotonic()
+    pieces = audio_chunks.split_audio(audio)
+    gate = asyncio.Semaphore(config.max_transcription_concurrency)
+
+    async def run(samples):
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+        async with gate:
+            messages = await asyncio.to_thread(prompts.messages_for_item, task, "audio", audio=samples)
+            body = ChatCompletionRequest(
+                model=model_id, messages=messages, temperature=temperature, max_tokens=max_tokens, stream=False
+            )
+            return await ingress.chat_once(body)
+
+    results = await asyncio.gather(*(run(samples) for _, samples in pieces))
+    chunks = [chunk for chunk, _ in pieces]
+    texts = [r.choices[0].message.content or "" for r in results]
+    text, stitched = audio_chunks.stitch(chunks, texts)
+    usage = {
+        "type": "tokens",
+        "input_tokens": sum(r.usage.prompt_tokens for r in results),
+        "output_tokens": sum(r.usage.completion_tokens for r in results),
+    }
+    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+
+    if response_format == "text":
+        return PlainTextResponse(text)
+    if response_format == "json":
+        return JSONResponse({"text": text, "usage": usage})
+    duration = len(audio) / audio_chunks.SAMPLE_RATE
+    segments = [
+        {
+            "id": piece.index,
+            "seek": chunk.start_sample,
+            "start": round(piece.start_s, 3),
+            "end": round(piece.end_s, 3),
+            "text": piece.text,
+            "raw_text": raw.strip(),  # the chunk's own transcript before overlap removal
+            "tokens": [],
+            "temperature": temperature,
+            "avg_logprob": 0.0,
+            "compression_ratio": 0.0,
+            "no_speech_prob": 0.0,
+        }
+        for piece, chunk, raw in zip(stitched, chunks, texts)
+    ]
+    return JSONResponse(
+        {
+            "task": "transcribe",
+            "language": language or "",
+            "duration": duration,
+            "text": text,
+            "segments": segments,
+            "usage": usage,
+            "processing_s": round(time.monotonic() - started, 3),
+        }
+    )
