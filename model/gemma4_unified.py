@@ -131,28 +131,25 @@ class Gemma4UnifiedExactProcessingInfo(Gemma4UnifiedProcessingInfo):
 
 
 class Gemma4UnifiedExactMultiModalProcessor(Gemma4MultiModalProcessor):
-    """Validates inputs before the HF processor sees them, so bad input fails with a clear message."""
+    """Validates items before the HF processor sees them, so bad input fails with a clear message."""
 
-    def _call_hf_processor(self, prompt, mm_data: Mapping[str, object], mm_kwargs, tok_kwargs):
-        mm_data = dict(mm_data)
-        audios = mm_data.get("audio", mm_data.get("audios"))
-        if audios is not None:
-            items = audios if isinstance(audios, (list, tuple)) else [audios]
-            processor = self.info.get_hf_processor()
-            for i, waveform in enumerate(items):
-                _validate_audio(waveform, i)
-                check_audio_window(
-                    len(waveform),
-                    processor.audio_seq_length,
-                    processor.feature_extractor.audio_samples_per_token,
-                )
-        images = mm_data.get("images", mm_data.get("image"))
-        if images is not None:
-            for i, image in enumerate(images if isinstance(images, (list, tuple)) else [images]):
-                height, width = _image_size(image)
-                if height <= 0 or width <= 0:
-                    raise ValueError(f"image item {i}: image of {width}x{height} pixels has no content")
-        return super()._call_hf_processor(prompt, mm_data, mm_kwargs, tok_kwargs)
+    def _apply_hf_processor_main(self, mm_items, hf_processor_mm_kwargs):
+        processor = self.info.get_hf_processor()
+        for modality, items in mm_items.items():
+            for i in range(items.get_count()):
+                item = items.get(i)
+                if modality == "audio":
+                    _validate_audio(item, i)
+                    check_audio_window(
+                        len(item),
+                        processor.audio_seq_length,
+                        processor.feature_extractor.audio_samples_per_token,
+                    )
+                elif modality == "image":
+                    height, width = _image_size(item)
+                    if height <= 0 or width <= 0:
+                        raise ValueError(f"image item {i}: image of {width}x{height} pixels has no content")
+        return super()._apply_hf_processor_main(mm_items, hf_processor_mm_kwargs)
 
 
 def _pad_patches(
@@ -219,6 +216,10 @@ def _refuse_unfaithful_bidirectional_attention(model: torch.nn.Module, vllm_conf
         return  # no image tokens can ever reach the decoder
     from vllm.model_executor.layers.attention import Attention
 
+    from model.cpu_bidirectional import enable_on_cpu_backend
+
+    # CPU_ATTN sliding layers get an image-block-aware subclass (see model/cpu_bidirectional.py).
+    enable_on_cpu_backend(model, vllm_config)
     unsupported = sorted(
         {
             module.attn_backend.get_name()

@@ -1,0 +1,38 @@
+"""The one engine-settings builder renders consistent settings for vLLM, ray.data.llm and ray.serve.llm."""
+
+import pytest
+
+from model.engine import EngineSettings
+
+
+def test_cpu_rendering(tiny_checkpoint):
+    s = EngineSettings(model=str(tiny_checkpoint), device="cpu", max_model_len=2048, max_soft_tokens=1120)
+    kw = s.vllm_kwargs()
+    assert kw["dtype"] == "float32" and kw["enforce_eager"] is True
+    assert kw["limit_mm_per_prompt"] == {"image": 4, "audio": 4, "video": 0}
+    assert kw["mm_processor_kwargs"] == {"max_soft_tokens": 1120}
+    assert "gpu_memory_utilization" not in kw
+    assert s.env() == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    ray_kw = s.ray_engine_kwargs()
+    assert "model" not in ray_kw and ray_kw["max_model_len"] == 2048
+
+
+def test_gpu_rendering(tiny_checkpoint):
+    s = EngineSettings(model=str(tiny_checkpoint), device="gpu", tensor_parallel_size=2)
+    kw = s.vllm_kwargs()
+    assert kw["dtype"] == "bfloat16" and kw["enforce_eager"] is False
+    assert kw["tensor_parallel_size"] == 2 and kw["gpu_memory_utilization"] == 0.9
+    assert s.env() == {}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"device": "tpu"}, "device must be"),
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size"),
+        ({"max_soft_tokens": 300}, "max_soft_tokens must be one of"),
+    ],
+)
+def test_invalid_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EngineSettings(model="x", **kwargs)

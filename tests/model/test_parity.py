@@ -1,0 +1,262 @@
+"""The project's vLLM class computes Gemma 4 Unified exactly like the transformers reference (CPU, float32).
+
+One vLLM engine for the whole module. Image sizes and audio content are drawn from a seed chosen per
+run (printed; set PARITY_SEED to replay), so parity is checked on inputs nobody picked in advance;
+the audio lengths hit the frame-boundary cases on purpose.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from model.engine import EngineSettings
+from tests.model.reference import (
+    Case,
+    Reference,
+    assert_same,
+    chat_prompt,
+    from_vllm,
+    random_audio,
+    random_image,
+    vllm_prompt,
+)
+
+MAX_NEW_TOKENS = 12
+SEED = int(os.environ.get("PARITY_SEED", np.random.SeedSequence().entropy % 2**31))
+WINDOW_SAMPLES = 750 * 640  # the tiny checkpoint keeps the real 30 s audio window
+
+
+def settings(checkpoint) -> EngineSettings:
+    return EngineSettings(
+        model=str(checkpoint), device="cpu", max_model_len=4096, max_images_per_prompt=4, max_audios_per_prompt=4
+    )
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_checkpoint):
+    from vllm import LLM
+
+    s = settings(tiny_checkpoint)
+    s.apply_env()
+    # Test-only: lets `apply_model` ship a function to the engine worker (pickle over the engine's IPC).
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    engine = LLM(**s.vllm_kwargs())
+    yield engine
+    engine.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint):
+    return Reference(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def rng():
+    print(f"PARITY_SEED={SEED}")
+    return np.random.default_rng(SEED)
+
+
+def sampling():
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, logprobs=5)
+
+
+def check(llm, reference, cases: dict[str, Case]) -> None:
+    """Run all cases in one vLLM batch (as production does) and compare each with the reference."""
+    outputs = llm.generate([vllm_prompt(c) for c in cases.values()], sampling())
+    for (label, case), output in zip(cases.items(), outputs, strict=True):
+        assert_same(reference.run(case, MAX_NEW_TOKENS), from_vllm(output), f"{label} (PARITY_SEED={SEED})")
+
+
+def test_text(llm, reference):
+    check(
+        llm,
+        reference,
+        {
+            "short": Case(chat_prompt("Transcribe the audio.")),
+            "long": Case(chat_prompt(" ".join(["The quick brown fox jumps over the lazy dog."] * 30))),
+        },
+    )
+
+
+def test_one_image_at_many_shapes(llm, reference, rng):
+    def h_w(lo, hi):
+        return int(rng.integers(lo, hi)), int(rng.integers(lo, hi))
+
+    shapes = {
+        "tiny": h_w(1, 40),
+        "very_wide": (int(rng.integers(4, 12)), int(rng.integers(2500, 4000))),  # height rounds to 0
+        "very_tall": (int(rng.integers(2500, 4000)), int(rng.integers(4, 12))),
+        "wide": (int(rng.integers(40, 120)), int(rng.integers(600, 1500))),
+        "over_budget": h_w(900, 1600),
+        "random": h_w(30, 700),
+    }
+    cases = {
+        f"{name} {h}x{w}": Case(chat_prompt("<image_soft_token>Read the page."), images=[random_image(rng, h, w)])
+        for name, (h, w) in shapes.items()
+    }
+    # Documents use the large budgets; the budget is a per-request processor argument.
+    doc = random_image(rng, *h_w(800, 1400))
+    cases["budget 1120"] = Case(chat_prompt("<image_soft_token>Read."), images=[doc], max_soft_tokens=1120)
+    cases["budget 70"] = Case(chat_prompt("<image_soft_token>Read."), images=[doc], max_soft_tokens=70)
+    check(llm, reference, cases)
+
+
+@pytest.mark.parametrize("remainder", [0, 1, 160, 161, 639])
+def test_audio_frame_boundaries(llm, reference, rng, remainder):
+    frames = int(rng.integers(5, 60))
+    samples = frames * 640 + remainder
+    check(
+        llm,
+        reference,
+        {f"{samples} samples (% 640 = {remainder})": Case(chat_prompt("<audio_soft_token>Transcribe."), audios=[random_audio(rng, samples)])},
+    )
+
+
+def test_audio_exactly_the_window(llm, reference, rng):
+    check(
+        llm,
+        reference,
+        {"30 s": Case(chat_prompt("<audio_soft_token>Transcribe."), audios=[random_audio(rng, WINDOW_SAMPLES)])},
+    )
+
+
+def test_image_and_audio(llm, reference, rng):
+    case = Case(
+        chat_prompt("<image_soft_token><audio_soft_token>Does the audio match the page?"),
+        images=[random_image(rng, int(rng.integers(50, 400)), int(rng.integers(50, 400)))],
+        audios=[random_audio(rng, int(rng.integers(3000, 40000)))],
+    )
+    check(llm, reference, {"image+audio": case})
+
+
+def test_several_images_and_clips_longer_than_sliding_window(llm, reference, rng):
+    images = [random_image(rng, int(rng.integers(60, 500)), int(rng.integers(60, 500))) for _ in range(3)]
+    audios = [random_audio(rng, int(rng.integers(20_000, 90_000))) for _ in range(2)]
+    case = Case(
+        chat_prompt(
+            "First page <image_soft_token> then a clip <audio_soft_token> second page <image_soft_token>"
+            " another clip <audio_soft_token> last page <image_soft_token> Summarise everything."
+        ),
+        images=images,
+        audios=audios,
+    )
+    got = llm.generate([vllm_prompt(case)], sampling())[0]
+    assert len(got.prompt_token_ids) > 4 * 128  # several sliding windows (128 in the tiny model)
+    assert_same(reference.run(case, MAX_NEW_TOKENS), from_vllm(got), f"multi (PARITY_SEED={SEED})")
+
+
+def _data_url(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _wav_b64(waveform: np.ndarray) -> str:
+    buf = io.BytesIO()
+    sf.write(buf, waveform, 16_000, format="WAV", subtype="FLOAT")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_chat_path_with_data_urls_and_input_audio(llm, reference, rng):
+    image = random_image(rng, int(rng.integers(40, 300)), int(rng.integers(40, 300)))
+    audio = random_audio(rng, int(rng.integers(10_000, 60_000)))
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": _data_url(image)}},
+                {"type": "input_audio", "input_audio": {"data": _wav_b64(audio), "format": "wav"}},
+                {"type": "text", "text": "What do you see and hear?"},
+            ],
+        }
+    ]
+    got = llm.chat(messages, sampling(), chat_template_content_format="openai")[0]
+
+    hf_messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "audio"}, {"type": "text", "text": "What do you see and hear?"}]}
+    ]
+    prompt = reference.processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
+    assert_same(
+        reference.run(Case(prompt, images=[image], audios=[audio]), MAX_NEW_TOKENS),
+        from_vllm(got),
+        f"chat (PARITY_SEED={SEED})",
+    )
+
+
+# -- the project's multimodal embedding is batched, with the same numbers as upstream's loop ------
+
+
+def _compare_batched_embedding(model):
+    """Runs inside the engine's worker: ours (one pass) vs upstream's per-image loop."""
+    import torch
+    from vllm.model_executor.models.gemma4_unified import Gemma4UnifiedForConditionalGeneration as Upstream
+
+    gen = torch.Generator().manual_seed(1234)
+    counts = [280, 17, 1, 96, 280]  # valid patches per image; each padded to 280 like the processor does
+    values, positions = [], []
+    for n in counts:
+        v = torch.zeros(280, 6912)
+        v[:n] = torch.rand(n, 6912, generator=gen)
+        p = torch.full((280, 2), -1, dtype=torch.long)
+        p[:n, 0] = torch.arange(n) % 23
+        p[:n, 1] = torch.arange(n) // 23
+        values.append(v)
+        positions.append(p)
+    inputs = {"pixel_values": torch.stack(values), "pixel_position_ids": torch.stack(positions)}
+    with torch.no_grad():
+        ours = model._process_image_input(inputs)
+        theirs = Upstream._process_image_input(model, inputs)
+    return (
+        [list(t.shape) for t in ours],
+        [list(t.shape) for t in theirs],
+        max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True)),
+        type(model).__name__,
+    )
+
+
+def test_batched_image_embedding_matches_upstream_loop(llm):
+    [(ours, theirs, max_diff, cls)] = llm.apply_model(_compare_batched_embedding)
+    assert cls == "Gemma4UnifiedExactForConditionalGeneration"
+    assert ours == theirs == [[n, 64] for n in (280, 17, 1, 96, 280)]
+    assert max_diff <= 1e-5, max_diff
+
+
+# -- bad input to the model layer fails with a clear error --------------------------------------
+
+
+def test_audio_over_the_window_is_refused(llm, rng):
+    case = Case(chat_prompt("<audio_soft_token>Transcribe."), audios=[random_audio(rng, WINDOW_SAMPLES + 1)])
+    with pytest.raises(Exception, match=r"exceeds the model's audio window of 30 s \(750 frames\)"):
+        llm.generate([vllm_prompt(case)], sampling())
+
+
+def test_image_of_zero_pixels_is_refused(llm):
+    empty = np.zeros((0, 10, 3), dtype=np.uint8)
+    case = Case(chat_prompt("<image_soft_token>Read."), images=[empty])
+    with pytest.raises(Exception, match=r"has no content"):
+        llm.generate([vllm_prompt(case)], sampling())
+
+
+@pytest.mark.parametrize(
+    "waveform, message",
+    [
+        (np.zeros(16000, dtype=np.int16), r"expected floating-point samples"),
+        (np.full(16000, np.nan, dtype=np.float32), r"NaN or infinite"),
+    ],
+)
+def test_bad_audio_is_refused(llm, waveform, message):
+    case = Case(chat_prompt("<audio_soft_token>Transcribe."), audios=[waveform])
+    with pytest.raises(Exception, match=message):
+        llm.generate([vllm_prompt(case)], sampling())
+
+
+def test_engine_still_serves_after_bad_input(llm, reference):
+    check(llm, reference, {"after errors": Case(chat_prompt("Still alive?"))})
