@@ -1,0 +1,415 @@
+"""Submit batch jobs (`python -m jobs.run ...`) to a Ray cluster from a notebook or the command line.
+
+    from jobs.submit import submit
+    handle = submit(["--input", "s3://scans/2026-11-21/", "--output", "s3://results/nightly/",
+                     "--model", "/models/gemma-4-12b-it"], address="http://ray-head:8265")
+    handle.wait(timeout=3600)
+    handle.sources().to_pandas()          # pyarrow Table read straight from the output location
+
+    python -m jobs.submit --address http://ray-head:8265 -- --input ... --output ... --model ...
+
+Submission goes through Ray's Job Submission client (the head's dashboard port, 8265). The job runs
+in `project_runtime_env()`: the project source as the working directory, plus the project's
+installed-package metadata as a py_module so the vLLM plugin entry point (`vllm.general_plugins`)
+exists in the driver and in every worker process, even on nodes where the project is not installed
+(see cluster/README.md, "Runtime environment").
+
+Results are read with pyarrow filesystems from the job's `--output` URI (local path or s3://, with
+the endpoint and credentials from the usual AWS settings), not through the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DIST_NAME = "gemma4-unified-batch"
+PLUGIN_GROUP = "vllm.general_plugins"
+
+# Never shipped to the cluster: environments, caches, VCS data, local outputs and test data.
+WORKING_DIR_EXCLUDES = [
+    ".venv/", ".git/", "**/__pycache__/", "*.pyc", ".pytest_cache/", "build/", "*.egg-info/",
+    "out/", "samples/", "checkpoints/", ".cache/", "tests/", "bench/",
+]
+# Non-secret object-store settings copied from the submitting environment into the job's.
+# Credentials are deliberately not copied: job runtime envs are visible in the dashboard; the
+# cluster's nodes get credentials from their own environment (Kubernetes secret, instance profile).
+STORE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+# -- runtime environment -------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def plugin_metadata_dir() -> pathlib.Path:
+    """The project's `.dist-info` directory (METADATA + entry_points.txt), built from pyproject.toml.
+
+    Why: a Ray `working_dir` ships source files only; vLLM finds plugins through package metadata
+    (`importlib.metadata.entry_points(group="vllm.general_plugins")`), which a plain source tree
+    lacks. PEP 517's `prepare_metadata_for_build_wheel` hook produces exactly that metadata; shipped
+    as a py_module it lands on every worker's sys.path, where importlib.metadata discovers it.
+    Runs in a subprocess because setuptools' hook works on the current directory.
+    """
+    out = pathlib.Path(tempfile.mkdtemp(prefix="g4u-meta-"))
+    code = (
+        "import sys; from setuptools import build_meta; "
+        "print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"could not build the project's package metadata:\n{proc.stderr[-2000:]}")
+    dist_info = out / proc.stdout.strip().splitlines()[-1]
+    entry_points = (dist_info / "entry_points.txt").read_text()
+    if f"[{PLUGIN_GROUP}]" not in entry_points:
+        raise RuntimeError(f"{dist_info} declares no {PLUGIN_GROUP} entry point")
+    return dist_info
+
+
+def project_runtime_env(env_vars: dict[str, str] | None = None, *, ship_code: bool = True) -> dict:
+    """Ray runtime_env that runs the project's code, with its vLLM plugin, on any node.
+
+    ship_code=False: use the project installed on the nodes (container image / launcher setup
+    commands) and ship nothing; only the environment variables are set.
+    """
+    env = {k: os.environ[k] for k in STORE_ENV if os.environ.get(k)}
+    env.update(env_vars or {})
+    runtime_env: dict[str, Any] = {"env_vars": env}
+    if ship_code:
+        runtime_env["working_dir"] = str(PROJECT_ROOT)
+        runtime_env["excludes"] = list(WORKING_DIR_EXCLUDES)
+        runtime_env["py_modules"] = [str(plugin_metadata_dir())]
+    return runtime_env
+
+
+def merge_runtime_env(base: dict, extra: dict | None) -> dict:
+    """`extra` wins, except env_vars, which are merged key by key."""
+    merged = dict(base)
+    for key, value in (extra or {}).items():
+        if key == "env_vars":
+            merged["env_vars"] = {**base.get("env_vars", {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+# -- job arguments ---------------------------------------------------------------------------------
+def job_argv(spec_or_args: Any) -> list[str]:
+    """Arguments of `python -m jobs.run` from a job spec object, a dict of options or an argv list."""
+    if isinstance(spec_or_args, str):
+        return shlex.split(spec_or_args)
+    if isinstance(spec_or_args, (list, tuple)):
+        return [str(a) for a in spec_or_args]
+    to_argv = getattr(spec_or_args, "to_argv", None)
+    if callable(to_argv):
+        return list(to_argv())
+    if dataclasses.is_dataclass(spec_or_args):
+        spec_or_args = dataclasses.asdict(spec_or_args)
+    elif hasattr(spec_or_args, "model_dump"):
+        spec_or_args = spec_or_args.model_dump()
+    if not isinstance(spec_or_args, dict):
+        raise TypeError(f"cannot turn {type(spec_or_args).__name__} into jobs.run arguments")
+    argv: list[str] = []
+    for key, value in spec_or_args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _option(argv: Sequence[str], name: str) -> str | None:
+    """Last value of `--name V` / `--name=V` in argv."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(name + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+# -- reading results -------------------------------------------------------------------------------
+def _filesystem(uri: str):
+    """pyarrow filesystem + path for a local path or URI (s3:// honours AWS_ENDPOINT_URL etc.)."""
+    from pyarrow import fs
+
+    if "://" not in uri:
+        return fs.LocalFileSystem(), str(pathlib.Path(uri).expanduser().resolve())
+    return fs.FileSystem.from_uri(uri)
+
+
+def read_table(output: str, table: str, *, columns: list[str] | None = None, **partition_filter):
+    """One Parquet dataset of a job's output (`sources`, `segments`) as a pyarrow Table.
+
+    Hive partitions (`run_date=...`) become columns; keyword arguments filter on them, e.g.
+    `read_table(out, "sources", run_date="2026-11-21")`.
+    """
+    import pyarrow.dataset as ds
+
+    filesystem, root = _filesystem(output)
+    dataset = ds.dataset(f"{root.rstrip('/')}/{table}", filesystem=filesystem, format="parquet", partitioning="hive")
+    expr = None
+    for key, value in partition_filter.items():
+        if value is None:
+            continue
+        term = ds.field(key) == value
+        expr = term if expr is None else expr & term
+    return dataset.to_table(columns=columns, filter=expr)
+
+
+def _client(address: str, token: str | None):
+    """Job Submission client; `token`: the cluster's Ray auth token (Ray >= 2.52 token auth).
+
+    Without `token`, Ray's own lookup applies (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or
+    RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token).
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    return JobSubmissionClient(address, headers=headers)
+
+
+@dataclasses.dataclass
+class JobHandle:
+    """A submitted job: status, logs, wait, and its result tables."""
+
+    job_id: str
+    address: str
+    output: str | None = None
+    run_date: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
+    _client: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = _client(self.address, self.token)
+        return self._client
+
+    def status(self) -> str:
+        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+        return str(self.client.get_job_status(self.job_id).value)
+
+    def info(self):
+        return self.client.get_job_info(self.job_id)
+
+    def logs(self) -> str:
+        return self.client.get_job_logs(self.job_id)
+
+    def stop(self) -> bool:
+        return self.client.stop_job(self.job_id)
+
+    def wait(self, timeout: float | None = None, *, poll_s: float = 2.0) -> str:
+        """Block until the job ends; returns its final status. TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status in TERMINAL:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.job_id} still {status} after {timeout} s")
+            time.sleep(poll_s)
+
+    # -- results ---------------------------------------------------------------------------------
+    def _output(self) -> str:
+        if not self.output:
+            raise ValueError("this job was submitted without --output; pass output= to JobHandle")
+        return self.output
+
+    def table(self, name: str, *, all_dates: bool = False, columns: list[str] | None = None):
+        """Dataset `name` of this job's output; only this job's run date unless all_dates=True."""
+        run_date = None if all_dates else self.run_date
+        return read_table(self._output(), name, columns=columns, run_date=run_date)
+
+    def sources(self, **kwargs):
+        return self.table("sources", **kwargs)
+
+    def segments(self, **kwargs):
+        return self.table("segments", **kwargs)
+
+    def sources_df(self, **kwargs):
+        return self.sources(**kwargs).to_pandas()
+
+    def segments_df(self, **kwargs):
+        return self.segments(**kwargs).to_pandas()
+
+
+def submit(
+    spec_or_args: Any,
+    address: str | None = None,
+    runtime_env: dict | None = None,
+    *,
+    token: str | None = None,
+    ship_code: bool = True,
+    submission_id: str | None = None,
+    entrypoint_num_cpus: float | None = None,
+    metadata: dict[str, str] | None = None,
+) -> JobHandle:
+    """Submit `python -m jobs.run <args>` to the Ray cluster at `address` (default: $RAY_ADDRESS).
+
+    spec_or_args: the job spec object of `jobs.run`, a dict of its options, or its argv list.
+    runtime_env: merged over `project_runtime_env()` (env_vars key by key).
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    argv = job_argv(spec_or_args)
+    env = merge_runtime_env(project_runtime_env(ship_code=ship_code), runtime_env)
+    client = _client(address, token)
+    # `python` on the cluster is the interpreter Ray runs with (the nodes' venv / image).
+    entrypoint = shlex.join(["python", "-m", "jobs.run", *argv])
+    kwargs: dict[str, Any] = {"entrypoint": entrypoint, "runtime_env": env, "metadata": metadata}
+    if submission_id:
+        kwargs["submission_id"] = submission_id
+    if entrypoint_num_cpus is not None:
+        kwargs["entrypoint_num_cpus"] = entrypoint_num_cpus
+    job_id = client.submit_job(**kwargs)
+    return JobHandle(
+        job_id=job_id,
+        address=address,
+        output=_option(argv, "--output"),
+        run_date=_option(argv, "--run-date"),
+        token=token,
+        _client=client,
+    )
+
+
+# -- cluster check ---------------------------------------------------------------------------------
+def plugin_report() -> dict:
+    """Where this process finds the project's vLLM plugin (entry point, distribution, module)."""
+    import importlib
+    import socket
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=PLUGIN_GROUP) if ep.value.startswith("model.registration:")]
+    report: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "python": sys.executable}
+    if not found:
+        report["error"] = f"no {PLUGIN_GROUP} entry point of {DIST_NAME} on sys.path"
+        return report
+    ep = found[0]
+    report["entry_point"] = f"{ep.name} = {ep.value}"
+    report["distribution_at"] = str(ep.dist.locate_file("")) if ep.dist else None
+    register = ep.load()  # imports model.registration (cheap: no torch, no vLLM)
+    report["module_file"] = importlib.import_module(register.__module__).__file__
+    return report
+
+
+def probe_cluster() -> dict:
+    """Run inside a job: plugin_report() of the driver and of a worker on every alive node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray.init()
+    remote = ray.remote(num_cpus=0)(plugin_report)
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    workers = ray.get([
+        remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+        for node in nodes
+    ])
+    return {"driver": plugin_report(), "workers": workers}
+
+
+PROBE_MARKER = "G4U-PLUGIN-PROBE "
+
+
+def check_cluster(
+    address: str, runtime_env: dict | None = None, *, token: str | None = None, ship_code: bool = True,
+    timeout: float = 300,
+) -> dict:
+    """Submit a tiny job that reports where the driver and one worker per node find the plugin."""
+    env = merge_runtime_env(project_runtime_env(ship_code=ship_code), runtime_env)
+    client = _client(address, token)
+    job_id = client.submit_job(entrypoint="python -m jobs.submit --probe", runtime_env=env)
+    handle = JobHandle(job_id=job_id, address=address, _client=client)
+    status = handle.wait(timeout=timeout, poll_s=1.0)
+    logs = handle.logs()
+    lines = [line for line in logs.splitlines() if line.startswith(PROBE_MARKER)]
+    if status != "SUCCEEDED" or not lines:
+        raise RuntimeError(f"plugin probe job {job_id} ended {status}:\n{logs[-4000:]}")
+    return json.loads(lines[-1][len(PROBE_MARKER):])
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--probe"]:  # the probe job's entrypoint, on the cluster
+        print(PROBE_MARKER + json.dumps(probe_cluster()), flush=True)
+        return 0
+    if "--" in argv:
+        cut = argv.index("--")
+        own, job_args = argv[:cut], argv[cut + 1 :]
+    else:
+        own, job_args = argv, []
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.submit",
+        description="Submit `python -m jobs.run` to a Ray cluster: python -m jobs.submit --address URL -- <jobs.run args>",
+    )
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray dashboard URL (http://head:8265).")
+    parser.add_argument(
+        "--token-file", default=None,
+        help="File with the cluster's Ray auth token (default: Ray's own lookup, RAY_AUTH_TOKEN etc.).",
+    )
+    parser.add_argument("--runtime-env-json", default=None, help="Extra runtime_env (JSON), merged over the project's.")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="Extra env var for the job.")
+    parser.add_argument("--installed", action="store_true", help="Use the project installed on the nodes; ship no code.")
+    parser.add_argument("--submission-id", default=None)
+    parser.add_argument("--no-wait", action="store_true", help="Print the job id and return.")
+    parser.add_argument("--timeout", type=float, default=None, help="Seconds to wait for the job.")
+    parser.add_argument("--check", action="store_true", help="Only check that every node finds the vLLM plugin.")
+    args = parser.parse_args(own)
+    extra = json.loads(args.runtime_env_json) if args.runtime_env_json else {}
+    if args.env:
+        extra.setdefault("env_vars", {}).update(dict(item.split("=", 1) for item in args.env))
+    token = pathlib.Path(args.token_file).read_text().strip() if args.token_file else None
+    if args.check:
+        print(json.dumps(check_cluster(args.address, extra, token=token, ship_code=not args.installed), indent=2))
+        return 0
+    if not job_args:
+        parser.error("give the arguments of jobs.run after `--`")
+    handle = submit(
+        job_args, address=args.address, runtime_env=extra, token=token, ship_code=not args.installed,
+        submission_id=args.submission_id,
+    )
+    print(f"submitted {handle.job_id} to {handle.address}", flush=True)
+    if args.no_wait:
+        return 0
+    status = _follow(handle, args.timeout)
+    print(f"job {handle.job_id}: {status}", flush=True)
+    if handle.output:
+        print(f"results: {handle.output}", flush=True)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _follow(handle: JobHandle, timeout: float | None) -> str:
+    """Stream the job's log lines to stdout until it ends (Ray's async tail, driven here)."""
+    import asyncio
+
+    async def tail():
+        async for chunk in handle.client.tail_job_logs(handle.job_id):
+            print(chunk, end="", flush=True)
+
+    try:
+        asyncio.run(asyncio.wait_for(tail(), timeout))
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"job {handle.job_id} did not finish within {timeout} s") from None
+    return handle.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
