@@ -8,9 +8,8 @@ Registered by `model.registration` under `ARCHITECTURE`. It reuses vLLM's
   unified model has one soft token per *started* 640-sample frame (ceil). Upstream silently drops
   the last partial frame when `samples % 640` is 1..160, and silently truncates clips longer than
   `audio_seq_length`. Here the count is exact and an over-long clip is refused with an error.
-* Image placeholders: upstream re-derives the soft-token count with its own rounding, which
-  disagrees with the image processor for extreme aspect ratios. Here it uses the processor's own
-  `get_aspect_ratio_preserving_size`.
+* Image placeholders: counted with the image processor's own `get_aspect_ratio_preserving_size`
+  instead of a re-derived formula, so the count can never drift from the patches it emits.
 * Bidirectional image attention (`use_bidirectional_attention="vision"`): only attention backends
   that implement vLLM's mm-prefix mask compute it. On any other backend (the CPU backend) loading
   such a checkpoint with images enabled fails loudly instead of silently attending causally.
