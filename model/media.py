@@ -6,6 +6,7 @@ Shared by the batch pipeline (jobs/) and the endpoint (serving/): one implementa
 * `decode_images(data, limits)` -> RGB PIL images (every page of a multi-page TIFF)
 * `decode_pdf(data, limits)`    -> RGB PIL images, one per page, rendered by pdfium at `limits.pdf_dpi`
 * `decode_audio(data, limits)`  -> float32 mono 16 kHz waveform (soundfile + soxr resampler)
+* `iter_audio(source, limits)`  -> the same waveform as bounded-size blocks (streamed; long recordings)
 * `decode(data, name, limits)`  -> `Decoded` (kind + pages or waveform)
 
 Every failure is a `MediaError` (a ValueError) whose message says what is wrong with the input and
@@ -282,13 +283,15 @@ def decode_pdf(data: bytes, limits: MediaLimits = MediaLimits()) -> list:
 # -- audio ----------------------------------------------------------------------------------------
 
 
-def decode_audio(data: bytes, limits: MediaLimits = MediaLimits()) -> np.ndarray:
-    """Any soundfile-readable clip -> float32 mono at 16 kHz, resampled with soxr (VHQ)."""
+def _audio_info(source, limits: MediaLimits):
+    """soundfile's header info of bytes or a seekable binary file, checked against the limits."""
     import soundfile as sf
-    import soxr
 
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
-        info = sf.info(io.BytesIO(data))
+        handle.seek(0)
+        info = sf.info(handle)
+        handle.seek(0)
     except Exception as exc:  # noqa: BLE001 - libsndfile errors are RuntimeError/LibsndfileError
         raise MediaError(f"the audio file is corrupt or in an unsupported encoding ({exc})") from None
     if info.frames == 0 or info.samplerate <= 0:
@@ -299,30 +302,56 @@ def decode_audio(data: bytes, limits: MediaLimits = MediaLimits()) -> np.ndarray
             f"the recording is {duration / 60:.1f} min long, over the limit of "
             f"{limits.max_audio_seconds / 60:.0f} min; split it or raise the limit"
         )
+    return info, handle
+
+
+def iter_audio(source, limits: MediaLimits = MediaLimits(), *, block_s: float = 30.0) -> Iterator[np.ndarray]:
+    """Stream a clip (bytes or a seekable binary file) as float32 mono 16 kHz blocks of about
+    `block_s` seconds, resampled with soxr (VHQ). Memory stays bounded by the block size whatever the
+    recording's length: a two-hour file read from disk never exists as one waveform."""
+    import soundfile as sf
+    import soxr
+
+    info, handle = _audio_info(source, limits)
     try:
-        # Stream in blocks so a long recording is downmixed/resampled without holding every channel
-        # at the source rate in float64.
         resampler = None if info.samplerate == TARGET_SAMPLE_RATE else soxr.ResampleStream(
             info.samplerate, TARGET_SAMPLE_RATE, 1, dtype="float32", quality="VHQ"
         )
-        parts = []
-        block = max(info.samplerate * 30, 1)
-        with sf.SoundFile(io.BytesIO(data)) as handle:
-            for chunk in handle.blocks(blocksize=block, dtype="float32", always_2d=True):
+        block = max(int(info.samplerate * block_s), 1)
+        with sf.SoundFile(handle) as stream:
+            for chunk in stream.blocks(blocksize=block, dtype="float32", always_2d=True):
                 mono = chunk.mean(axis=1, dtype=np.float32)
                 if not np.isfinite(mono).all():
                     raise MediaError("the audio contains NaN or infinite samples; the file is corrupt")
-                parts.append(mono if resampler is None else resampler.resample_chunk(mono))
+                out = mono if resampler is None else resampler.resample_chunk(mono)
+                if out.size:
+                    yield out
         if resampler is not None:
-            parts.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            if tail.size:
+                yield tail
     except MediaError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise MediaError(f"the audio stream is truncated or corrupt ({exc})") from None
-    audio = np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
-    if audio.size == 0:
+
+
+def decode_audio(data: bytes, limits: MediaLimits = MediaLimits()) -> np.ndarray:
+    """Any soundfile-readable clip -> float32 mono at 16 kHz, resampled with soxr (VHQ)."""
+    info, _ = _audio_info(data, limits)
+    # Blocks are copied into one preallocated array: peak memory is the input bytes plus the output
+    # waveform plus one block (collecting blocks and concatenating them held the waveform twice).
+    expected = math.ceil(info.frames * TARGET_SAMPLE_RATE / info.samplerate) + 64
+    audio = np.empty(expected, np.float32)
+    filled = 0
+    for block in iter_audio(data, limits):
+        if filled + block.size > audio.size:  # the header under-reported the length (rare)
+            audio = np.resize(audio, max(2 * audio.size, filled + block.size))
+        audio[filled:filled + block.size] = block
+        filled += block.size
+    if filled == 0:
         raise MediaError("the audio file contains no samples")
-    return audio
+    return audio[:filled]
 
 
 # -- dispatch -------------------------------------------------------------------------------------
