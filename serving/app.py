@@ -24,9 +24,13 @@ logger = logging.getLogger("serving.app")
 
 APP_NAME = "gemma4-unified"
 # Non-secret settings the ingress needs to reach the object store, copied into its runtime_env when
-# set where the app is built. Credentials stay out of the app config: replicas get them from their
-# own environment (Kubernetes secrets, instance profiles, ~/.aws), or from `ingress_env` (tests).
-_STORE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+# set where the app is built. Credentials stay out of the app config (Ray logs runtime_env env_vars):
+# replicas get them from their own environment (pod env from a Kubernetes secret, instance profiles,
+# a mounted credentials file named by AWS_SHARED_CREDENTIALS_FILE).
+_STORE_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_CA_BUNDLE",
+)
 
 
 def _resolve_device(config: ServingConfig) -> str:
@@ -72,8 +76,9 @@ def llm_config(config: ServingConfig):
 def build_app(args: dict | ServingConfig | None = None, *, ingress_env: dict | None = None):
     """Serve application builder: `serve run serving.app:build_app model=...` or a Serve config's args.
 
-    `ingress_env` (also accepted as an `ingress_env` arg): extra environment variables for the ingress
-    replicas, e.g. object-store credentials where the cluster provides none (tests).
+    `ingress_env` (also accepted as an `ingress_env` arg): extra *non-secret* environment variables for
+    the ingress replicas, e.g. AWS_SHARED_CREDENTIALS_FILE pointing at a mounted secret. Never put keys
+    or credentials here: Ray's runtime-env agent logs runtime_env env_vars verbatim.
     """
     from ray import serve
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata

@@ -67,6 +67,10 @@ class ServingConfig(BaseModel):
     max_chat_audio_seconds: float = Field(30.0, description="Per clip in chat; the model window is 30 s.")
     max_transcription_seconds: float = 4 * 3600.0
     max_transcription_concurrency: int = Field(8, description="Chunks of one transcription in flight at once.")
+    # Same defaults as the batch pipeline (jobs.spec.JobSpec), so both transcribe a file identically.
+    transcription_chunk_s: float = 30.0
+    transcription_overlap_s: float = 2.0
+    transcription_max_tokens: int = 512
 
     # -- media URL policy ----------------------------------------------------------------------
     allowed_media_domains: list[str] = Field(

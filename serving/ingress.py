@@ -45,7 +45,12 @@ class GuardedOpenAiIngress(OpenAiIngress):
     # -- chat ------------------------------------------------------------------------------------
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         try:
-            body = _sanitize_chat_completion_request(body)
+            try:
+                # Materializes lazily validated content parts; a malformed part fails here.
+                body = _sanitize_chat_completion_request(body)
+            except (ValueError, TypeError) as e:
+                cause = e.__cause__ or e
+                raise RequestError(400, f"Invalid message content: {_short(cause)}", param="messages") from None
             if body.n is not None and body.n > 8:
                 raise RequestError(400, "n must be at most 8.", param="n")
             body.messages = await self.media.vet_messages(body.messages)
@@ -85,6 +90,20 @@ class GuardedOpenAiIngress(OpenAiIngress):
         except Exception as e:  # noqa: BLE001 - any failure means "not ready"; the reason is the body
             return JSONResponse({"status": "unhealthy", "reason": type(e).__name__}, status_code=503)
         return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    """A bounded description of a validation error (never echoes a payload back)."""
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        # Content parts are a union of part types: pydantic reports every arm. Name the fields.
+        fields = sorted({str(e["loc"][-1]) for e in errors(include_input=False) if e.get("loc")})
+        return (
+            "a content part matches no supported part type (text {text}, image_url {url}, "
+            f"input_audio {{data, format}}, audio_url {{url}}); problems with: {', '.join(fields)[:limit]}"
+        )
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:limit]
 
 
 ENDPOINTS = {

@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from serving.ingress import GuardedOpenAiIngress
 
 FORMATS = ("json", "text", "verbose_json")
-# The same default the batch pipeline uses for a chunk's answer length.
-DEFAULT_MAX_TOKENS = 256
 
 
 async def _form(request: Request):
@@ -66,7 +64,7 @@ async def transcribe_request(ingress: "GuardedOpenAiIngress", request: Request) 
         )
     try:
         temperature = float(_field(form, "temperature", "0") or 0)
-        max_tokens = int(_field(form, "max_tokens", str(DEFAULT_MAX_TOKENS)))
+        max_tokens = int(_field(form, "max_tokens", str(config.transcription_max_tokens)))
     except ValueError:
         raise RequestError(400, "temperature must be a number and max_tokens an integer.") from None
     if not 0.0 <= temperature <= 2.0 or not 1 <= max_tokens <= config.max_model_len:
@@ -76,6 +74,8 @@ async def transcribe_request(ingress: "GuardedOpenAiIngress", request: Request) 
     language = _field(form, "language")
 
     data = await upload.read()
+    if not data:
+        raise RequestError(400, "file: the uploaded file is empty (0 bytes).", param="file")
     limits = MediaLimits(max_audio_seconds=config.max_transcription_seconds)
     try:
         audio = await asyncio.to_thread(decode_audio, data, limits)
@@ -84,7 +84,9 @@ async def transcribe_request(ingress: "GuardedOpenAiIngress", request: Request) 
     del data
 
     started = time.monotonic()
-    pieces = audio_chunks.split_audio(audio)
+    pieces = audio_chunks.split_audio(
+        audio, chunk_s=config.transcription_chunk_s, overlap_s=config.transcription_overlap_s
+    )
     gate = asyncio.Semaphore(config.max_transcription_concurrency)
 
     async def run(samples):

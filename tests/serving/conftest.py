@@ -1,0 +1,143 @@
+"""One real Serve application for all of tests/serving (an engine start costs ~1 min on 2 cores).
+
+Real parts: local Ray (`ray_local`), Ray Serve with `ray.serve.llm`'s LLMServer running the vLLM CPU
+engine on the tiny checkpoint, HTTP on loopback, the `openai` client, moto's S3 server on loopback
+(`s3_endpoint`) and a plain HTTP media server on loopback for the domain allowlist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.server
+import io
+import os
+import pathlib
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import free_port
+
+KEY_A = "sk-test-team-a-0123456789"
+KEY_B = "sk-test-team-b-9876543210"
+
+# Limits small enough to hit cheaply in tests.
+TEST_LIMITS = dict(
+    max_body_bytes=4 * 1024 * 1024,
+    max_images_per_request=2,
+    max_image_pixels=1_000_000,
+    max_concurrent_per_key=3,
+    max_chat_audio_seconds=30.0,
+    max_transcription_seconds=300.0,
+    max_model_len=4096,
+)
+
+
+def png_bytes(width=64, height=48, seed=0) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def wav_bytes(seconds: float, sr: int = 16000, channels: int = 1, seed: int = 0, samples: int | None = None) -> bytes:
+    from jobs.samples import tone, wav_bytes as encode
+
+    audio = tone(seconds if samples is None else samples / sr + 1, sr, seed)
+    if samples is not None:
+        audio = audio[:samples]
+    if channels > 1:
+        audio = np.stack([audio] * channels, axis=1)
+    return encode(audio, sr)
+
+
+@dataclasses.dataclass
+class Endpoint:
+    base_url: str  # http://127.0.0.1:PORT
+    model_id: str
+    checkpoint: pathlib.Path
+    media_port: int
+    s3_bucket: str
+
+    def client(self, key: str = KEY_A, **kwargs):
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, timeout=300, **kwargs)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+
+@pytest.fixture(scope="session")
+def media_server(tmp_path_factory):
+    """Plain HTTP server on loopback that serves a PNG (the 'allowlisted domain' in tests)."""
+    root = tmp_path_factory.mktemp("media")
+    (root / "page.png").write_bytes(png_bytes(seed=3))
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield port
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def endpoint(tiny_checkpoint, s3_endpoint, ray_local, media_server, tmp_path_factory):
+    import boto3
+    import requests
+    from ray import serve
+
+    from serving.app import build_app
+
+    bucket = "serving-media"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="scans/page.png", Body=png_bytes(seed=5))
+
+    keys = tmp_path_factory.mktemp("keys") / "api_keys.txt"
+    keys.write_text(f"# team keys\n{KEY_A}\n{KEY_B}  # team b\n")
+    creds = tmp_path_factory.mktemp("aws") / "credentials"
+    creds.write_text(
+        "[default]\n"
+        f"aws_access_key_id = {os.environ['AWS_ACCESS_KEY_ID']}\n"
+        f"aws_secret_access_key = {os.environ['AWS_SECRET_ACCESS_KEY']}\n"
+    )
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_app(
+        dict(
+            model=str(tiny_checkpoint),
+            model_id="gemma-tiny",
+            device="cpu",
+            api_keys_file=str(keys),
+            # "localhost" allowlisted, 127.0.0.1 not: both name the same loopback media server.
+            allowed_media_domains=["localhost"],
+            **TEST_LIMITS,
+        ),
+        # Credentials reach the ingress as a file, as on a cluster (a mounted secret): env vars in a
+        # runtime_env would be written to Ray's runtime-env agent log.
+        ingress_env={"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]},
+    )
+    started = time.monotonic()
+    serve.run(app, name="serving-test", route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(base + "/health", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    else:
+        raise RuntimeError("endpoint did not become healthy")
+    print(f"\nendpoint ready in {time.monotonic() - started:.0f} s")
+    yield Endpoint(base, "gemma-tiny", pathlib.Path(tiny_checkpoint), media_server, bucket)
+    serve.shutdown()
