@@ -37,11 +37,6 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIST_NAME = "gemma4-unified-batch"
 PLUGIN_GROUP = "vllm.general_plugins"
 
-# Never shipped to the cluster: environments, caches, VCS data, local outputs and test data.
-WORKING_DIR_EXCLUDES = [
-    ".venv/", ".git/", "**/__pycache__/", "*.pyc", ".pytest_cache/", "build/", "*.egg-info/",
-    "out/", "samples/", "checkpoints/", ".cache/", "tests/", "bench/",
-]
 # Non-secret object-store settings copied from the submitting environment into the job's.
 # Credentials are deliberately not copied: job runtime envs are visible in the dashboard; the
 # cluster's nodes get credentials from their own environment (Kubernetes secret, instance profile).
@@ -77,6 +72,27 @@ def plugin_metadata_dir() -> pathlib.Path:
     return dist_info
 
 
+def working_dir_excludes() -> list[str]:
+    """Ship the project's Python packages (pyproject's package list) and pyproject.toml only.
+
+    An allowlist turned into Ray's gitignore-style `excludes`: every other top-level entry of the
+    checkout (virtualenv, data, outputs, tests, whatever else lies there) stays home.
+    """
+    import fnmatch
+    import tomllib
+
+    config = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    excludes = ["**/__pycache__/", "*.pyc"]
+    for entry in sorted(PROJECT_ROOT.iterdir()):
+        package = entry.is_dir() and (entry / "__init__.py").is_file() and any(
+            fnmatch.fnmatch(entry.name, pattern) for pattern in include
+        )
+        if not package and entry.name != "pyproject.toml":
+            excludes.append(f"/{entry.name}/" if entry.is_dir() else f"/{entry.name}")
+    return excludes
+
+
 def project_runtime_env(env_vars: dict[str, str] | None = None, *, ship_code: bool = True) -> dict:
     """Ray runtime_env that runs the project's code, with its vLLM plugin, on any node.
 
@@ -88,7 +104,7 @@ def project_runtime_env(env_vars: dict[str, str] | None = None, *, ship_code: bo
     runtime_env: dict[str, Any] = {"env_vars": env}
     if ship_code:
         runtime_env["working_dir"] = str(PROJECT_ROOT)
-        runtime_env["excludes"] = list(WORKING_DIR_EXCLUDES)
+        runtime_env["excludes"] = working_dir_excludes()
         runtime_env["py_modules"] = [str(plugin_metadata_dir())]
     return runtime_env
 
@@ -105,62 +121,80 @@ def merge_runtime_env(base: dict, extra: dict | None) -> dict:
 
 
 # -- job arguments ---------------------------------------------------------------------------------
-def job_argv(spec_or_args: Any) -> list[str]:
-    """Arguments of `python -m jobs.run` from a job spec object, a dict of options or an argv list."""
+def resolve_spec(spec_or_args: Any):
+    """A `jobs.spec.JobSpec` from a JobSpec, a dict of its fields, or `jobs.run` arguments.
+
+    Parsed here, before submission, with the batch job's own parser: a bad argument fails in the
+    notebook, and the run date and run id are fixed at submission (the job and the handle agree).
+    """
+    from jobs.run import parser, spec_from_args
+    from jobs.spec import JobSpec
+
+    if isinstance(spec_or_args, JobSpec):
+        return spec_or_args
+    if isinstance(spec_or_args, dict):
+        return JobSpec.from_dict(dict(spec_or_args))
     if isinstance(spec_or_args, str):
-        return shlex.split(spec_or_args)
-    if isinstance(spec_or_args, (list, tuple)):
-        return [str(a) for a in spec_or_args]
-    to_argv = getattr(spec_or_args, "to_argv", None)
-    if callable(to_argv):
-        return list(to_argv())
-    if dataclasses.is_dataclass(spec_or_args):
-        spec_or_args = dataclasses.asdict(spec_or_args)
-    elif hasattr(spec_or_args, "model_dump"):
-        spec_or_args = spec_or_args.model_dump()
-    if not isinstance(spec_or_args, dict):
-        raise TypeError(f"cannot turn {type(spec_or_args).__name__} into jobs.run arguments")
+        spec_or_args = shlex.split(spec_or_args)
+    return spec_from_args(parser().parse_args([str(a) for a in spec_or_args]))
+
+
+def spec_to_argv(spec) -> list[str]:
+    """`jobs.run` arguments that reproduce `spec` on the cluster (run date and run id pinned).
+
+    Refuses a spec with a non-default setting that has no command-line flag, rather than dropping
+    it silently (a local `--spec` file would not exist on the cluster, so everything travels as flags).
+    """
+    from jobs.run import parser
+
+    flags = {a.dest: a.option_strings[-1] for a in parser()._actions if a.option_strings and a.dest != "help"}
     argv: list[str] = []
-    for key, value in spec_or_args.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None or value is False:
+    unmapped: list[str] = []
+
+    def add(dest: str, value: Any, default: Any) -> None:
+        if value == default:
+            return
+        if dest not in flags:
+            unmapped.append(dest)
+        elif value is not None:
+            argv.extend([flags[dest], str(value)])
+
+    for field in dataclasses.fields(spec):
+        value = getattr(spec, field.name)
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if field.name == "inputs":
+            for uri in value:
+                argv.extend([flags["inputs"], uri])
+        elif field.name in ("actors_min", "actors_max"):
             continue
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                argv += [flag, str(item)]
+        elif field.name == "parquet":
+            for sub in dataclasses.fields(value):
+                add(sub.name, getattr(value, sub.name), sub.default)
+        elif field.name == "storage":
+            for sub in dataclasses.fields(value):
+                dest = "s3_endpoint" if sub.name == "endpoint_url" else f"storage.{sub.name}"
+                add(dest, getattr(value, sub.name), sub.default)
         else:
-            argv += [flag, str(value)]
+            add(field.name, value, default if default is not dataclasses.MISSING else object())
+    argv.extend([flags["actors"], f"{spec.actors_min},{spec.actors_max}"])
+    if unmapped:
+        raise ValueError(f"jobs.run has no flag for these job spec settings: {', '.join(unmapped)}")
     return argv
-
-
-def _option(argv: Sequence[str], name: str) -> str | None:
-    """Last value of `--name V` / `--name=V` in argv."""
-    found = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            found = argv[i + 1]
-        elif arg.startswith(name + "="):
-            found = arg.split("=", 1)[1]
-    return found
 
 
 # -- reading results -------------------------------------------------------------------------------
 def _filesystem(uri: str):
-    """pyarrow filesystem + path for a local path or URI (s3:// honours AWS_ENDPOINT_URL etc.)."""
-    from pyarrow import fs
+    """pyarrow filesystem + path: the batch job's own resolver (same endpoint, region, retries)."""
+    from connectors.storage import resolve
 
-    if "://" not in uri:
-        return fs.LocalFileSystem(), str(pathlib.Path(uri).expanduser().resolve())
-    return fs.FileSystem.from_uri(uri)
+    return resolve(uri)
 
 
 def read_table(output: str, table: str, *, columns: list[str] | None = None, **partition_filter):
     """One Parquet dataset of a job's output (`sources`, `segments`) as a pyarrow Table.
 
-    Hive partitions (`run_date=...`) become columns; keyword arguments filter on them, e.g.
-    `read_table(out, "sources", run_date="2026-11-21")`.
+    Hive partitions (`run_date=...`) become columns; keyword arguments filter on columns, e.g.
+    `read_table(out, "sources", run_date="2026-11-21", status="error")`.
     """
     import pyarrow.dataset as ds
 
@@ -195,6 +229,7 @@ class JobHandle:
     address: str
     output: str | None = None
     run_date: str | None = None
+    run_id: str | None = None
     token: str | None = dataclasses.field(default=None, repr=False)
     _client: Any = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -234,10 +269,20 @@ class JobHandle:
             raise ValueError("this job was submitted without --output; pass output= to JobHandle")
         return self.output
 
-    def table(self, name: str, *, all_dates: bool = False, columns: list[str] | None = None):
-        """Dataset `name` of this job's output; only this job's run date unless all_dates=True."""
-        run_date = None if all_dates else self.run_date
-        return read_table(self._output(), name, columns=columns, run_date=run_date)
+    def table(self, name: str, *, all_runs: bool = False, columns: list[str] | None = None):
+        """Dataset `name` (sources, segments) of the output: this job's rows (its run date and run id),
+        or every run's rows with all_runs=True."""
+        if all_runs:
+            return read_table(self._output(), name, columns=columns)
+        table = read_table(self._output(), name, columns=columns, run_date=self.run_date, run_id=self.run_id)
+        return table
+
+    def summary(self) -> dict:
+        """The run summary JSON the job wrote beside the tables (summaries/run_date=D/<run_id>.json)."""
+        filesystem, root = _filesystem(self._output())
+        path = f"{root.rstrip('/')}/summaries/run_date={self.run_date}/{self.run_id}.json"
+        with filesystem.open_input_stream(path) as stream:
+            return json.loads(stream.read())
 
     def sources(self, **kwargs):
         return self.table("sources", **kwargs)
@@ -250,6 +295,34 @@ class JobHandle:
 
     def segments_df(self, **kwargs):
         return self.segments(**kwargs).to_pandas()
+
+
+def _submit_with_retry(client, kwargs: dict, *, patience_s: float = 180.0) -> str:
+    """submit_job, retried while the head is not ready to take it.
+
+    A freshly started head answers 500 "No available agent ... try again later" until its job agent
+    registers, and a loaded one can drop the connection. Retrying is safe because the submission id
+    is fixed beforehand: a retry of a submission that did arrive fails with "already exists".
+    """
+    import requests
+
+    kwargs = dict(kwargs)
+    kwargs.setdefault("submission_id", f"g4u-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(4).hex()}")
+    deadline = time.monotonic() + patience_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return client.submit_job(**kwargs)
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+        except RuntimeError as exc:
+            if attempt > 1 and "already exists" in str(exc):
+                return kwargs["submission_id"]  # the dropped earlier attempt did get through
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(min(2 * attempt, 10))
 
 
 def submit(
@@ -265,11 +338,12 @@ def submit(
 ) -> JobHandle:
     """Submit `python -m jobs.run <args>` to the Ray cluster at `address` (default: $RAY_ADDRESS).
 
-    spec_or_args: the job spec object of `jobs.run`, a dict of its options, or its argv list.
+    spec_or_args: a `jobs.spec.JobSpec`, a dict of its fields, or the argv list / string of jobs.run.
     runtime_env: merged over `project_runtime_env()` (env_vars key by key).
     """
     address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
-    argv = job_argv(spec_or_args)
+    spec = resolve_spec(spec_or_args)
+    argv = spec_to_argv(spec)
     env = merge_runtime_env(project_runtime_env(ship_code=ship_code), runtime_env)
     client = _client(address, token)
     # `python` on the cluster is the interpreter Ray runs with (the nodes' venv / image).
@@ -279,14 +353,10 @@ def submit(
         kwargs["submission_id"] = submission_id
     if entrypoint_num_cpus is not None:
         kwargs["entrypoint_num_cpus"] = entrypoint_num_cpus
-    job_id = client.submit_job(**kwargs)
+    job_id = _submit_with_retry(client, kwargs)
     return JobHandle(
-        job_id=job_id,
-        address=address,
-        output=_option(argv, "--output"),
-        run_date=_option(argv, "--run-date"),
-        token=token,
-        _client=client,
+        job_id=job_id, address=address, output=spec.output, run_date=spec.run_date, run_id=spec.run_id,
+        token=token, _client=client,
     )
 
 
@@ -335,7 +405,7 @@ def check_cluster(
     """Submit a tiny job that reports where the driver and one worker per node find the plugin."""
     env = merge_runtime_env(project_runtime_env(ship_code=ship_code), runtime_env)
     client = _client(address, token)
-    job_id = client.submit_job(entrypoint="python -m jobs.submit --probe", runtime_env=env)
+    job_id = _submit_with_retry(client, {"entrypoint": "python -m jobs.submit --probe", "runtime_env": env})
     handle = JobHandle(job_id=job_id, address=address, _client=client)
     status = handle.wait(timeout=timeout, poll_s=1.0)
     logs = handle.logs()

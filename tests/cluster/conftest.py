@@ -139,7 +139,8 @@ class RayHead:
             time.sleep(0.5)
             leftover = {p for p in leftover if pathlib.Path(f"/proc/{p}").exists()}
         _kill(leftover, signal.SIGKILL)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if not os.environ.get("KEEP_TEST_RAY_LOGS"):  # set it to inspect <temp_dir>/session_latest/logs
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

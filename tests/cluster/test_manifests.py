@@ -133,6 +133,14 @@ def test_rayjob_runtime_env_and_entrypoint():
     assert spec["shutdownAfterJobFinishes"] is True
     argv = shlex.split(spec["entrypoint"])
     assert argv[:3] == ["python", "-m", "jobs.run"]
+    from jobs.run import parser, spec_from_args  # the batch job's own command line
+
+    job = spec_from_args(parser().parse_args(argv[3:]))
+    assert job.output == "s3://gemma4-results/nightly/" and job.model == "/models/gemma-4-12b-it"
+    assert job.error_threshold == 0.05 and job.device == "gpu" and (job.actors_min, job.actors_max) == (1, 8)
+    # The image holds the model at the path the entrypoint names.
+    worker = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert any(job.model.startswith(m["mountPath"]) for m in worker["volumeMounts"])
 
 
 def test_cronjob_creates_the_rayjob_with_just_enough_rbac():

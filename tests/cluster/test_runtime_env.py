@@ -25,7 +25,9 @@ def test_plugin_metadata_is_built_from_pyproject():
 def test_runtime_env_ships_code_and_plugin():
     env = project_runtime_env({"X": "1"})
     assert env["working_dir"] == str(PROJECT_ROOT)
-    assert ".venv/" in env["excludes"]
+    excludes = env["excludes"]
+    assert "/.venv/" in excludes and "/tests/" in excludes and "/README.md" in excludes
+    assert not {"/model/", "/jobs/", "/serving/", "/connectors/", "/pyproject.toml"} & set(excludes)
     assert pathlib.Path(env["py_modules"][0]).name.endswith(".dist-info")
     assert env["env_vars"]["X"] == "1"
     assert "working_dir" not in project_runtime_env(ship_code=False)
