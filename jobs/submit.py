@@ -467,8 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _follow(handle: JobHandle, timeout: float | None) -> str:
-    """Stream the job's log lines to stdout until it ends (Ray's async tail, driven here)."""
+    """Stream the job's log to stdout until it ends (Ray's log tail); poll if the stream breaks."""
     import asyncio
+
+    started = time.monotonic()
 
     async def tail():
         async for chunk in handle.client.tail_job_logs(handle.job_id):
@@ -478,7 +480,10 @@ def _follow(handle: JobHandle, timeout: float | None) -> str:
         asyncio.run(asyncio.wait_for(tail(), timeout))
     except asyncio.TimeoutError:
         raise TimeoutError(f"job {handle.job_id} did not finish within {timeout} s") from None
-    return handle.wait(timeout=60)
+    except Exception as exc:  # noqa: BLE001 - the log stream is a convenience; the status is what counts
+        print(f"[jobs.submit] log stream ended ({exc}); waiting for the job", flush=True)
+    remaining = None if timeout is None else max(timeout - (time.monotonic() - started), 60)
+    return handle.wait(timeout=remaining)
 
 
 if __name__ == "__main__":
