@@ -21,6 +21,8 @@ from typing import Literal
 
 from model.registration import ARCHITECTURE, UPSTREAM_ARCHITECTURE
 
+SCHEDULER_CLS = "model.mm_scheduler.WholeMultimodalItemScheduler"  # no vLLM import here
+
 Device = Literal["auto", "cpu", "gpu"]
 
 
@@ -78,6 +80,15 @@ class EngineSettings:
             raise ValueError(f"{self.model} is not a Gemma 4 Unified checkpoint (architectures={archs})")
         return {"architectures": [ARCHITECTURE]}
 
+    def bidirectional_vision(self) -> bool | None:
+        """Whether image tokens attend bidirectionally (None: no local config to read)."""
+        config = pathlib.Path(self.model) / "config.json"
+        if not config.is_file():
+            return None
+        text = json.loads(config.read_text()).get("text_config") or {}
+        # transformers' default for Gemma 4 Unified is "vision" when the key is absent.
+        return text.get("use_bidirectional_attention", "vision") == "vision"
+
     # -- renderings ---------------------------------------------------------------------------
     def vllm_kwargs(self) -> dict:
         cpu = self.resolved_device() == "cpu"
@@ -95,6 +106,12 @@ class EngineSettings:
             enforce_eager=cpu if self.enforce_eager is None else self.enforce_eager,
             seed=self.seed,
         )
+        if cpu and self.bidirectional_vision() is not False:
+            # Bidirectional image attention on CPU (model/cpu_bidirectional.py) needs each image
+            # prefilled in one step; vLLM forces the flag on CUDA too, and the scheduler closes
+            # the cases vLLM's flag misses (model/mm_scheduler.py).
+            kwargs["disable_chunked_mm_input"] = True
+            kwargs["scheduler_cls"] = SCHEDULER_CLS
         if not cpu:
             kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
         if self.max_soft_tokens is not None:
