@@ -1,0 +1,353 @@
+"""The batch job: read -> decode -> prompt -> infer -> assemble -> write, on Ray Data + ray.data.llm.
+
+    from jobs.pipeline import run_job
+    summary = run_job(JobSpec(inputs=["s3://scans/2026-11-22/"], output="s3://tables/ocr", model=...))
+
+Two phases per invocation:
+
+1. **Stream** (one engine start): listed units -> source rows -> decoded requests (one per PDF/TIFF
+   page or audio chunk) -> `ray.data.llm` vLLM processor on an actor pool -> *work rows* appended
+   to the run's work area `<output>/_work/<run_id>/segments/` as Parquet files.
+2. **Finalize**: the work area is grouped by source (Ray Data groupby) into exactly one `sources/`
+   row per input and one `segments/` row per page/chunk, written to the run-date partition, and the
+   run summary JSON is written beside them.
+
+Resume / idempotence (instead of `ray.data.checkpoint`): Ray Data's checkpointing records an id as
+done when *a* block containing it is written. Here one source fans out into many segments that land
+in different blocks, so a kill between two blocks would mark a half-done PDF as done and lose pages.
+The work area is the checkpoint instead: before streaming, its rows say which sources are complete
+(all `num_segments` present, or a final error) and which segments of partly done sources exist;
+those are filtered out before fetching/decoding/inference, so nothing finished is recomputed.
+Finalize rebuilds this run's files in the partition from the work area (replacing any earlier
+ones of the same run id), so re-running a finished run, or the same nightly date, writes the same
+rows again and never duplicates them. Fetch errors (storage unreachable after retries) are retried
+by a re-run; decode errors are final.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from connectors.sources import expand_inputs
+from connectors.storage import resolve
+from jobs import stages
+from jobs.spec import JobSpec
+
+log = logging.getLogger("jobs")
+
+# Content format of message parts for vLLM's chat parser: OpenAI-style parts (image_url, input_audio).
+CONTENT_FORMAT = "openai"
+
+
+class OutputLayout:
+    """Where a run writes. All paths are URIs under `spec.output` (local or s3://)."""
+
+    def __init__(self, spec: JobSpec):
+        root = spec.output.rstrip("/")
+        self.root = root
+        self.work = f"{root}/_work/{spec.run_id}/segments"
+        self.staging = f"{root}/_work/{spec.run_id}/staging"
+        self.sources = f"{root}/sources/run_date={spec.run_date}"
+        self.segments = f"{root}/segments/run_date={spec.run_date}"
+        self.summary = f"{root}/summaries/run_date={spec.run_date}/{spec.run_id}.json"
+        self.run_id = spec.run_id
+
+
+# -- resume state ---------------------------------------------------------------------------------
+
+
+def _list_parquet(uri: str, storage) -> list[tuple[pafs.FileSystem, str]]:
+    fs, path = resolve(uri, storage)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return [(fs, i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+
+
+def read_work(layout: OutputLayout, spec: JobSpec, columns: list[str] | None = None) -> pa.Table:
+    """All work rows of the run. A file cut short by a kill mid-write is deleted: its rows were
+    never counted as done, so the resumed run recomputes them."""
+    tables = []
+    for fs, path in _list_parquet(layout.work, spec.storage):
+        try:
+            with fs.open_input_file(path) as handle:
+                tables.append(pq.read_table(handle, columns=columns))
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt file from an interrupted write
+            log.warning("removing incomplete work file %s (%s)", path, exc)
+            fs.delete_file(path)
+    if not tables:
+        schema = stages.WORK_SCHEMA if columns is None else pa.schema([stages.WORK_SCHEMA.field(c) for c in columns])
+        return schema.empty_table()
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def resume_state(work: pa.Table) -> tuple[frozenset, dict[str, set[int]]]:
+    """(sources complete in the work area, {source_id: finished segment indices} for partial ones)."""
+    per_source: dict[str, dict] = {}
+    for row in work.select(["source_id", "segment_index", "num_segments", "error_stage", "written_at"]).to_pylist():
+        entry = per_source.setdefault(row["source_id"], {"segments": set(), "expected": 0, "final_error": False})
+        if row["segment_index"] == stages.ERROR_SEGMENT:
+            # A fetch error (store unreachable after retries) is worth retrying on a re-run.
+            entry["final_error"] |= row["error_stage"] != "fetch"
+        else:
+            entry["segments"].add(row["segment_index"])
+            entry["expected"] = max(entry["expected"], row["num_segments"])
+    done, partial = set(), {}
+    for source_id, entry in per_source.items():
+        if entry["final_error"] or (entry["expected"] and len(entry["segments"]) >= entry["expected"]):
+            done.add(source_id)
+        elif entry["segments"]:
+            partial[source_id] = entry["segments"]
+    return frozenset(done), partial
+
+
+# -- inference stage ------------------------------------------------------------------------------
+
+
+def build_llm_processor(spec: JobSpec):
+    """The `ray.data.llm` processor: chat parsing, templating, tokenizing, the vLLM engine on an
+    actor pool, detokenizing. The engine runs the project's registered model class (vLLM plugin)."""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from model.registration import UPSTREAM_ARCHITECTURE
+
+    settings = spec.engine_settings()
+    engine_kwargs = settings.ray_engine_kwargs()
+    on_gpu = settings.resolved_device() == "gpu"
+    tp = spec.tensor_parallel_size
+    if on_gpu:
+        gpus = spec.gpus_per_actor if spec.gpus_per_actor is not None else float(tp)
+        bundles = [{"GPU": gpus / tp, "CPU": 1}] * tp
+        light = 1.0
+    else:
+        # Without this the engine stage asks for a GPU and waits forever on a CPU-only machine.
+        bundles = [{"CPU": 1}] * tp
+        light = 0.1  # tokenizer-sized stages must not starve the engine of the few cores there are
+    # The multimodal-parsing stage builds a bare vLLM ModelConfig in a CPU worker where vLLM's
+    # plugins are not loaded, so it cannot resolve the project's architecture name. It only needs
+    # the placeholder format and per-prompt limits, which the project's class inherits unchanged
+    # from upstream's, so point that stage (and only that stage) at upstream's name.
+    parse_config = {
+        "hf_overrides": {"architectures": [UPSTREAM_ARCHITECTURE]},
+        "limit_mm_per_prompt": engine_kwargs["limit_mm_per_prompt"],
+    }
+    if "mm_processor_kwargs" in engine_kwargs:
+        parse_config["mm_processor_kwargs"] = engine_kwargs["mm_processor_kwargs"]
+    config = vLLMEngineProcessorConfig(
+        model_source=spec.model,
+        engine_kwargs=engine_kwargs,
+        runtime_env={"env_vars": settings.env()},
+        batch_size=spec.batch_size,
+        concurrency=(spec.actors_min, spec.actors_max),
+        placement_group_config={"bundles": bundles},
+        should_continue_on_error=True,  # an engine error fails its row, not the job
+        prepare_multimodal_stage={"enabled": True, "chat_template_content_format": CONTENT_FORMAT,
+                                  "model_config_kwargs": parse_config, "num_cpus": light},
+        chat_template_stage={"enabled": True, "num_cpus": light},
+        tokenize_stage={"enabled": True, "num_cpus": light},
+        detokenize_stage={"enabled": True, "num_cpus": light},
+    )
+    max_new_tokens = spec.max_new_tokens
+    return build_processor(
+        config,
+        preprocess=lambda row: stages.to_llm_request(row, max_new_tokens),
+        preprocess_map_kwargs={"num_cpus": light},
+    ), on_gpu
+
+
+def ensure_ray(spec: JobSpec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = spec.engine_settings().env()
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {}
+    if not address:
+        # A local instance on a small machine: the engine takes a whole logical CPU and the
+        # read/decode/tokenize stages need a share beside it, which 2 logical CPUs cannot give
+        # (Ray Data would wait forever on its resource budget). Logical CPUs are scheduling
+        # units, not threads: vLLM's CPU backend still uses every core.
+        kwargs["num_cpus"] = max(4, os.cpu_count() or 1)
+    ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False,
+             log_to_driver=True, **kwargs)
+
+
+# -- phases ---------------------------------------------------------------------------------------
+
+
+def stream(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, units: list[dict]) -> None:
+    import ray
+
+    processor, on_gpu = build_llm_processor(spec)
+    decode_cpus = spec.cpus_per_decode_task or (1.0 if on_gpu else 0.5)
+    light = 1.0 if on_gpu else 0.1
+    ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 200)))
+    ds = ds.flat_map(stages.expand_unit, fn_kwargs={"ctx": ctx}, num_cpus=light)  # read
+    ds = ds.flat_map(stages.decode_source, fn_kwargs={"ctx": ctx}, num_cpus=decode_cpus)  # decode+prompt
+    ds = processor(ds)  # infer
+    ds = ds.map_batches(stages.work_batch, fn_kwargs={"ctx": ctx}, batch_format="numpy",
+                        batch_size=spec.batch_size, num_cpus=light)
+    fs, work_path = resolve(layout.work, spec.storage)
+    ds.write_parquet(work_path, filesystem=fs, min_rows_per_file=1)
+
+
+def finalize(spec: JobSpec, layout: OutputLayout) -> pa.Table:
+    """Group the work area by source into the output tables; return the sources table (no text)."""
+    import ray
+
+    work = read_work(layout, spec)
+    if work.num_rows == 0:
+        raise RuntimeError("nothing was processed: the work area is empty")
+
+    def _assemble(kind: str):
+        schema = stages.SOURCE_SCHEMA if kind == "source" else stages.SEGMENT_SCHEMA
+
+        def fn(group: pa.Table) -> pa.Table:
+            source, segments = stages.assemble_source(group.to_pylist())
+            return pa.Table.from_pylist([source] if kind == "source" else segments, schema=schema)
+
+        return fn
+
+    # The work table is already in driver memory here (resume needed it); Ray Data spreads the
+    # grouping and the Parquet writing over the cluster.
+    partitions = max(1, min(64, work.num_rows // 20_000 + 1))
+    work_ds = ray.data.from_arrow(work)
+    for kind, target in (("source", layout.sources), ("segment", layout.segments)):
+        staging = f"{layout.staging}/{kind}-{uuid.uuid4().hex[:8]}"
+        fs, staging_path = resolve(staging, spec.storage)
+        (work_ds.groupby("source_id", num_partitions=partitions)
+         .map_groups(_assemble(kind), batch_format="pyarrow")
+         .write_parquet(staging_path, filesystem=fs, min_rows_per_file=50_000))
+        _publish(spec, staging, target, layout.run_id)
+    sfs, staging_root = resolve(layout.staging, spec.storage)
+    try:
+        sfs.delete_dir(staging_root)
+    except OSError:
+        pass
+    fs, path = resolve(layout.sources, spec.storage)
+    files = [p for _, p in _list_parquet(layout.sources, spec.storage) if os.path.basename(p).startswith(f"{layout.run_id}_")]
+    cols = [c for c in stages.SOURCE_SCHEMA.names if c != "text"]
+    tables = []
+    for p in files:
+        with fs.open_input_file(p) as h:
+            tables.append(pq.read_table(h, columns=cols))
+    return pa.concat_tables(tables) if tables else pa.schema([stages.SOURCE_SCHEMA.field(c) for c in cols]).empty_table()
+
+
+def _publish(spec: JobSpec, staging: str, target: str, run_id: str) -> None:
+    """Replace this run's files in the partition with the staged ones (other runs' files stay)."""
+    fs, target_path = resolve(target, spec.storage)
+    fs.create_dir(target_path, recursive=True)
+    for info in fs.get_file_info(pafs.FileSelector(target_path, allow_not_found=True)):
+        if os.path.basename(info.path).startswith(f"{run_id}_"):
+            fs.delete_file(info.path)
+    staged = sorted(p for _, p in _list_parquet(staging, spec.storage))
+    for index, path in enumerate(staged):
+        fs.move(path, f"{target_path}/{run_id}_{index:05d}.parquet")
+
+
+# -- summary --------------------------------------------------------------------------------------
+
+
+def summarize(spec: JobSpec, layout: OutputLayout, sources: pa.Table, *, attempt: str, skipped: int,
+              new_work: pa.Table, started: float, stream_s: float, finalize_s: float) -> dict:
+    rows = sources.to_pylist()
+    total = len(rows)
+    errors = [r for r in rows if r["status"] != "ok"]
+    by_modality: dict[str, dict[str, int]] = {}
+    for r in rows:
+        key = r["modality"] or "unknown"
+        by_modality.setdefault(key, {"ok": 0, "error": 0})["ok" if r["status"] == "ok" else "error"] += 1
+    error_rate = len(errors) / total if total else 0.0
+    new_segments = [r for r in new_work.select(["segment_index", "status"]).to_pylist()
+                    if r["segment_index"] != stages.ERROR_SEGMENT]
+    new_sources = len(set(new_work.column("source_id").to_pylist())) if new_work.num_rows else 0
+    return {
+        "run_id": spec.run_id,
+        "run_date": spec.run_date,
+        "attempt": attempt,
+        "model": spec.model,
+        "task": spec.task,
+        "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "wall_s": round(time.time() - started, 3),
+        "sources": {"total": total, "ok": total - len(errors), "error": len(errors), "by_modality": by_modality},
+        "error_rate": round(error_rate, 6),
+        "error_threshold": spec.error_threshold,
+        "passed": error_rate <= spec.error_threshold,
+        "pages": int(sum(r["pages"] or 0 for r in rows)),
+        "audio_seconds": round(sum(r["duration_s"] or 0.0 for r in rows if r["modality"] == "audio"), 3),
+        "segments": int(sum(r["num_segments"] for r in rows)),
+        "tokens": {"input": int(sum(r["input_tokens"] for r in rows)),
+                   "output": int(sum(r["output_tokens"] for r in rows))},
+        "this_invocation": {
+            "sources_skipped_as_done": skipped,
+            "sources_processed": new_sources,
+            "segments_inferred": sum(1 for r in new_segments if r["status"] == "ok"),
+            "segments_failed": sum(1 for r in new_segments if r["status"] != "ok"),
+            "stream_s": round(stream_s, 3),
+            "finalize_s": round(finalize_s, 3),
+            "items_per_s": round(new_sources / stream_s, 4) if stream_s > 0 else None,
+            "segments_per_s": round(len(new_segments) / stream_s, 4) if stream_s > 0 else None,
+        },
+        "errors_sample": [{"source_uri": r["source_uri"], "error": r["error"]} for r in errors[:20]],
+        "tables": {"sources": layout.sources, "segments": layout.segments},
+        "summary_path": layout.summary,
+    }
+
+
+def _write_json(uri: str, payload: dict, spec: JobSpec) -> None:
+    fs, path = resolve(uri, spec.storage)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(json.dumps(payload, indent=2, default=str).encode())
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def run_job(spec: JobSpec) -> dict:
+    """Run (or resume) the job; return the run summary (also written beside the output)."""
+    started = time.time()
+    layout = OutputLayout(spec)
+    attempt = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    ensure_ray(spec)
+
+    units = expand_inputs(spec.inputs, spec.storage)
+    previous = read_work(layout, spec, columns=["source_id", "segment_index", "num_segments",
+                                                "error_stage", "written_at", "attempt"])
+    done, partial = resume_state(previous)
+    ctx = stages.StageContext(
+        run_id=spec.run_id, attempt=attempt, task=spec.task, storage=spec.storage,
+        limits=spec.media_limits(), parquet=spec.parquet, chunk_s=spec.chunk_s, overlap_s=spec.overlap_s,
+        max_new_tokens=spec.max_new_tokens, done_sources=done, done_segments=partial,
+    )
+    from connectors.sources import stable_id
+
+    # Finished files are dropped here already; Parquet rows are filtered as they are read.
+    pending = [u for u in units if u["unit"] == "parquet" or stable_id(u["uri"]) not in done]
+    print(f"[jobs] run {spec.run_id} ({spec.run_date}): {len(units)} input units, "
+          f"{len(done)} sources already done, {len(partial)} partly done", flush=True)
+    stream_started = time.time()
+    if pending:
+        stream(spec, layout, ctx, pending)
+    stream_s = time.time() - stream_started
+    finalize_started = time.time()
+    sources = finalize(spec, layout)
+    finalize_s = time.time() - finalize_started
+    new_work = read_work(layout, spec, columns=["source_id", "segment_index", "status", "attempt"])
+    new_work = new_work.filter(pc.equal(new_work.column("attempt"), attempt))
+    summary = summarize(spec, layout, sources, attempt=attempt,
+                        skipped=len(done),
+                        new_work=new_work, started=started, stream_s=stream_s, finalize_s=finalize_s)
+    _write_json(layout.summary, summary, spec)
+    return summary

@@ -1,0 +1,130 @@
+"""The typed job spec: what `python -m jobs.run` flags, YAML files and notebooks all produce."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import pathlib
+from typing import Any
+
+import yaml
+
+from connectors.sources import ParquetColumns
+from connectors.storage import StorageConfig
+from model.engine import EngineSettings
+from model.media import MediaLimits
+
+
+@dataclasses.dataclass
+class JobSpec:
+    inputs: list[str]
+    output: str
+    model: str
+    # What to ask: "auto" (document -> read the text, audio -> transcribe), "document",
+    # "transcribe", or any other text as a custom instruction. A Parquet prompt column overrides it.
+    task: str = "auto"
+    # Soft tokens per page image (70/140/280/560/1120); documents want the large budgets. None: the
+    # checkpoint's default.
+    image_tokens: int | None = None
+    pdf_dpi: float = 144.0
+    max_pages: int = 500
+    max_new_tokens: int = 512
+    # Audio longer than the 30 s window is cut into chunks of chunk_s with overlap_s of overlap.
+    chunk_s: float = 30.0
+    overlap_s: float = 2.0
+    # Engine placement: GPUs per inference actor (0 on CPU), tensor parallel degree, actor pool.
+    device: str = "auto"
+    gpus_per_actor: float | None = None  # None: tensor_parallel_size on GPU, 0 on CPU
+    tensor_parallel_size: int = 1
+    actors_min: int = 1
+    actors_max: int = 1
+    batch_size: int = 16
+    max_model_len: int = 8192
+    cpus_per_decode_task: float | None = None  # None: 1 on GPU clusters, 0.5 on CPU machines
+    # Fail the job (non-zero exit) when more than this share of sources errored.
+    error_threshold: float = 0.1
+    # Identity of the run: same run_id + same output = resume / idempotent re-run.
+    run_id: str | None = None  # None: derived from the run date and the job's inputs and task
+    run_date: str | None = None  # YYYY-MM-DD, default today (UTC); the output partition
+    parquet: ParquetColumns = dataclasses.field(default_factory=ParquetColumns)
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inputs, str):
+            self.inputs = [self.inputs]
+        if not self.inputs:
+            raise ValueError("at least one input is required")
+        if isinstance(self.parquet, dict):
+            self.parquet = ParquetColumns(**self.parquet)
+        if isinstance(self.storage, dict):
+            self.storage = StorageConfig(**self.storage)
+        if not 0 <= self.error_threshold <= 1:
+            raise ValueError("error_threshold must be between 0 and 1")
+        if self.actors_min < 1 or self.actors_max < self.actors_min:
+            raise ValueError("actor pool needs 1 <= actors_min <= actors_max")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("batch_size and max_new_tokens must be >= 1")
+        if self.run_date is None:
+            self.run_date = dt.datetime.now(dt.timezone.utc).date().isoformat()
+        dt.date.fromisoformat(self.run_date)  # validates the format
+        if self.run_id is None:
+            self.run_id = self.default_run_id()
+        if not self.run_id.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("run_id may contain letters, digits, '-' and '_' only")
+        self.media_limits()  # validates dpi / pages
+        self.engine_settings()  # validates image_tokens / tensor parallel
+
+    def default_run_id(self) -> str:
+        """Same date + same inputs + same task/model settings -> same id, so re-running the same
+        nightly command resumes (or is a no-op) instead of starting a second run."""
+        key = json.dumps([sorted(self.inputs), self.task, pathlib.PurePath(self.model).name,
+                          self.image_tokens, self.pdf_dpi, self.max_new_tokens, self.chunk_s, self.overlap_s])
+        return f"{self.run_date.replace('-', '')}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+    # -- derived settings ----------------------------------------------------------------------
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(pdf_dpi=self.pdf_dpi, max_pages=self.max_pages)
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(
+            model=self.model,
+            device=self.device,  # type: ignore[arg-type]
+            max_model_len=self.max_model_len,
+            max_images_per_prompt=1,  # one page per request
+            max_audios_per_prompt=1,  # one chunk per request
+            max_soft_tokens=self.image_tokens,
+            tensor_parallel_size=self.tensor_parallel_size,
+            max_num_seqs=max(self.batch_size, 8),
+            seed=self.seed,
+        )
+
+    # -- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown job spec fields: {sorted(unknown)}")
+        return cls(**data)
+
+    @staticmethod
+    def yaml_dict(path: str | pathlib.Path) -> dict[str, Any]:
+        data = yaml.safe_load(pathlib.Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a job spec must be a mapping of field: value")
+        if "input" in data and "inputs" not in data:
+            data["inputs"] = data.pop("input")
+        return data
+
+    @classmethod
+    def from_yaml(cls, path: str | pathlib.Path) -> JobSpec:
+        return cls.from_dict(cls.yaml_dict(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
