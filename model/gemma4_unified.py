@@ -10,9 +10,10 @@ Registered by `model.registration` under `ARCHITECTURE`. It reuses vLLM's
   `audio_seq_length`. Here the count is exact and an over-long clip is refused with an error.
 * Image placeholders: counted with the image processor's own `get_aspect_ratio_preserving_size`
   instead of a re-derived formula, so the count can never drift from the patches it emits.
-* Bidirectional image attention (`use_bidirectional_attention="vision"`): only attention backends
-  that implement vLLM's mm-prefix mask compute it. On any other backend (the CPU backend) loading
-  such a checkpoint with images enabled fails loudly instead of silently attending causally.
+* Bidirectional image attention (`use_bidirectional_attention="vision"`): vLLM's GPU backends
+  implement its mm-prefix mask; on the CPU backend the sliding layers are switched to an
+  image-block-aware subclass (model/cpu_bidirectional.py). Any other backend without the mask
+  fails loudly at load instead of silently attending causally.
 * Batched multimodal embedding: all images (and video frames) of a step go through the patch
   embedder in one pass instead of a Python loop per item.
 """
