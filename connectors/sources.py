@@ -132,3 +132,20 @@ def iter_parquet_sources(uri: str, storage: StorageConfig, columns: ParquetColum
                                      error=f"row {n}: the {uri_col!r} column is empty or not a string")
                 else:
                     yield source_row(source_id=sid, source_uri=target.strip(), source_row=ref, prompt=prompt)
+
+
+def parquet_source_ids(uri: str, storage: StorageConfig, columns: ParquetColumns) -> list[str] | None:
+    """The source ids a Parquet input yields, reading only its id column (or just its metadata),
+    so a resumed run can skip a finished table without starting any work. None when unknown."""
+    import pyarrow.parquet as pq
+
+    fs, path = resolve(uri, storage)
+    try:
+        handle = pq.ParquetFile(fs.open_input_file(path))
+        id_col = _pick(handle.schema_arrow.names, columns.id_column, ID_COLUMNS, "id", uri)
+        if id_col is None:
+            return [stable_id(uri, n) for n in range(handle.metadata.num_rows)]
+        ids = handle.read(columns=[id_col]).column(0).to_pylist()
+    except Exception:  # noqa: BLE001 - let the workers produce the error row
+        return None
+    return [str(v) if v is not None else stable_id(uri, n) for n, v in enumerate(ids)]

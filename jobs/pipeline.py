@@ -147,6 +147,7 @@ def build_llm_processor(spec: JobSpec):
         runtime_env={"env_vars": settings.env()},
         batch_size=spec.batch_size,
         concurrency=(spec.actors_min, spec.actors_max),
+        max_concurrent_batches=spec.max_concurrent_batches,
         placement_group_config={"bundles": bundles},
         should_continue_on_error=True,  # an engine error fails its row, not the job
         prepare_multimodal_stage={"enabled": True, "chat_template_content_format": CONTENT_FORMAT,
@@ -315,6 +316,19 @@ def _write_json(uri: str, payload: dict, spec: JobSpec) -> None:
 # -- entry point ----------------------------------------------------------------------------------
 
 
+def _unit_done(unit: dict, done: frozenset, spec: JobSpec) -> bool:
+    """Finished units are dropped on the driver, so a finished run starts no engine at all.
+    Rows of partly finished Parquet tables are filtered again as they are read."""
+    from connectors.sources import parquet_source_ids, stable_id
+
+    if not done:
+        return False
+    if unit["unit"] == "file":
+        return stable_id(unit["uri"]) in done
+    ids = parquet_source_ids(unit["uri"], spec.storage, spec.parquet)
+    return ids is not None and all(i in done for i in ids)
+
+
 def run_job(spec: JobSpec) -> dict:
     """Run (or resume) the job; return the run summary (also written beside the output)."""
     started = time.time()
@@ -331,10 +345,7 @@ def run_job(spec: JobSpec) -> dict:
         limits=spec.media_limits(), parquet=spec.parquet, chunk_s=spec.chunk_s, overlap_s=spec.overlap_s,
         max_new_tokens=spec.max_new_tokens, done_sources=done, done_segments=partial,
     )
-    from connectors.sources import stable_id
-
-    # Finished files are dropped here already; Parquet rows are filtered as they are read.
-    pending = [u for u in units if u["unit"] == "parquet" or stable_id(u["uri"]) not in done]
+    pending = [u for u in units if not _unit_done(u, done, spec)]
     print(f"[jobs] run {spec.run_id} ({spec.run_date}): {len(units)} input units, "
           f"{len(done)} sources already done, {len(partial)} partly done", flush=True)
     stream_started = time.time()

@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", type=int)
     p.add_argument("--actors", type=_pool, metavar="MIN[,MAX]", help="inference actor pool size")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-concurrent-batches", type=int, help="batches in flight per inference actor")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--error-threshold", type=float, help="max share of error rows before exit 2")
     p.add_argument("--run-id")

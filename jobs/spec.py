@@ -41,6 +41,7 @@ class JobSpec:
     actors_min: int = 1
     actors_max: int = 1
     batch_size: int = 16
+    max_concurrent_batches: int = 4  # batches in flight per inference actor (keeps the engine fed)
     max_model_len: int = 8192
     cpus_per_decode_task: float | None = None  # None: 1 on GPU clusters, 0.5 on CPU machines
     # Fail the job (non-zero exit) when more than this share of sources errored.
@@ -65,7 +66,7 @@ class JobSpec:
             raise ValueError("error_threshold must be between 0 and 1")
         if self.actors_min < 1 or self.actors_max < self.actors_min:
             raise ValueError("actor pool needs 1 <= actors_min <= actors_max")
-        if self.batch_size < 1 or self.max_new_tokens < 1:
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_concurrent_batches < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
         if self.run_date is None:
             self.run_date = dt.datetime.now(dt.timezone.utc).date().isoformat()

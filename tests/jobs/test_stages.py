@@ -1,0 +1,105 @@
+"""Row functions of the pipeline without Ray or an engine: decode/prompt fan-out, error rows,
+resume bookkeeping and assembly (dedupe of resumed work)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from connectors.sources import ParquetColumns, file_source
+from connectors.storage import StorageConfig
+from jobs import samples, stages
+from jobs.pipeline import resume_state
+from model.media import MediaLimits
+
+
+def ctx(**kw) -> stages.StageContext:
+    base = dict(run_id="r1", attempt="a1", task="auto", storage=StorageConfig(), limits=MediaLimits(pdf_dpi=50),
+                parquet=ParquetColumns(), chunk_s=30.0, overlap_s=2.0, max_new_tokens=4)
+    base.update(kw)
+    return stages.StageContext(**base)
+
+
+def test_decode_fans_out_pages_and_chunks(tmp_path):
+    pdf = tmp_path / "d.pdf"
+    pdf.write_bytes(samples.pdf_doc(["a", "b", "c"]))
+    rows = list(stages.decode_source(file_source(str(pdf)), ctx()))
+    assert [r["page"] for r in rows] == [1, 2, 3] and all(r["num_segments"] == 3 for r in rows)
+    assert json.loads(rows[0]["messages_json"])[0]["content"][0]["type"] == "image_url"
+    wav = tmp_path / "long.wav"
+    wav.write_bytes(samples.wav_bytes(samples.tone(70.0)))
+    rows = list(stages.decode_source(file_source(str(wav)), ctx()))
+    assert [(r["start_s"], r["end_s"]) for r in rows] == [(0.0, 30.0), (28.0, 58.0), (56.0, 70.0)]
+    assert rows[0]["modality"] == "audio" and abs(rows[0]["duration_s"] - 70.0) < 1e-6
+
+
+def test_decode_skips_finished_segments_of_partial_sources(tmp_path):
+    tiff = tmp_path / "d.tiff"
+    tiff.write_bytes(samples.tiff_doc(["a", "b", "c"]))
+    source = file_source(str(tiff))
+    rows = list(stages.decode_source(source, ctx(done_segments={source["source_id"]: {0, 2}})))
+    assert [r["segment_index"] for r in rows] == [1]
+
+
+def test_bad_sources_become_one_error_row(tmp_path):
+    missing = file_source(str(tmp_path / "nope.png"))
+    (row,) = stages.decode_source(missing, ctx())
+    assert row["segment_index"] == stages.ERROR_SEGMENT and "not found" in row["error"]
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    (row,) = stages.decode_source(file_source(str(empty)), ctx())
+    assert row["error_stage"] == "decode" and "empty" in row["error"]
+    # Error rows skip every ray.data.llm stage: the processor gets __inference_error__ set.
+    request = stages.to_llm_request(row, 4)
+    assert request["__inference_error__"].startswith("[decode]")
+
+
+def _work(source_id, index, n, t, status="ok", stage=None, modality="document", **kw):
+    row = dict(source_id=source_id, source_uri=f"s3://b/{source_id}", source_row=None, segment_index=index,
+               num_segments=n, modality=modality, format="pdf", page=index + 1 if index >= 0 else None,
+               start_s=None, end_s=None, duration_s=None, source_bytes=10, status=status,
+               error=None if status == "ok" else "boom", error_stage=stage, text=f"t{index}",
+               output_token_ids=[1, 2], input_tokens=5, output_tokens=2, decode_s=0.1, infer_s=0.2,
+               run_id="r1", attempt="a", written_at=t)
+    row.update(kw)
+    return row
+
+
+def test_assemble_dedupes_resumed_segments_and_orders_pages():
+    rows = [_work("x", 1, 3, 2.0), _work("x", 0, 3, 1.0), _work("x", 1, 3, 3.0, text="again"), _work("x", 2, 3, 4.0)]
+    source, segments = stages.assemble_source(rows)
+    assert source["status"] == "ok" and source["num_segments"] == 3 and source["pages"] == 3
+    assert [s["segment_index"] for s in segments] == [0, 1, 2]
+    assert source["text"] == "t0\n\nagain\n\nt2"
+
+
+def test_assemble_reports_missing_and_failed_segments():
+    source, _ = stages.assemble_source([_work("x", 0, 3, 1.0)])
+    assert source["status"] == "error" and "only 1 of 3" in source["error"]
+    source, segments = stages.assemble_source([_work("x", 0, 2, 1.0), _work("x", 1, 2, 1.0, status="error", stage="infer")])
+    assert source["status"] == "error" and "page 2" in source["error"] and source["text"] is None
+    assert len(segments) == 2
+
+
+def test_fetch_error_marker_superseded_by_later_success():
+    rows = [_work("x", -1, 0, 1.0, status="error", stage="fetch", modality=None), _work("x", 0, 1, 2.0)]
+    source, segments = stages.assemble_source(rows)
+    assert source["status"] == "ok" and len(segments) == 1
+
+
+def test_resume_state():
+    rows = [_work("done", 0, 1, 1.0), _work("part", 0, 3, 1.0), _work("part", 2, 3, 1.0),
+            _work("bad", -1, 0, 1.0, status="error", stage="decode"),
+            _work("retry", -1, 0, 1.0, status="error", stage="fetch")]
+    done, partial = resume_state(pa.Table.from_pylist(rows, schema=stages.WORK_SCHEMA))
+    assert done == {"done", "bad"}
+    assert partial == {"part": {0, 2}}
+
+
+def test_audio_source_text_is_stitched():
+    rows = [_work("a", i, 2, 1.0, modality="audio", page=None, start_s=s, end_s=e, text=t)
+            for i, (s, e, t) in enumerate([(0.0, 30.0, "one two three four"), (28.0, 40.0, "three four five")])]
+    source, segments = stages.assemble_source(rows)
+    assert source["text"] == "one two three four five" and source["pages"] is None
+    assert [(s["start_s"], s["end_s"]) for s in segments] == [(0.0, 30.0), (28.0, 40.0)]
