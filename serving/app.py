@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-import threading
+import time
 
 from serving.config import ServingConfig
 
@@ -63,6 +63,14 @@ def llm_config(config: ServingConfig):
         "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s,
         "graceful_shutdown_wait_loop_s": config.graceful_shutdown_wait_loop_s,
     }
+    # ray.serve.llm adds the replica actor's CPUs to the engine's first placement bundle ({"CPU": 1} on
+    # CPU): 2 logical CPUs per replica by default, which leaves nothing for the ingress on a 2-core
+    # machine. The replica actor only runs the async front end, so a fraction is enough on CPU.
+    replica_cpus = config.llm_replica_num_cpus
+    if replica_cpus is None and device == "cpu":
+        replica_cpus = 0.1
+    if replica_cpus is not None:
+        deployment_config["ray_actor_options"] = {"num_cpus": replica_cpus}
     return LLMConfig(
         model_loading_config={"model_id": config.served_model_id, "model_source": settings.model},
         engine_kwargs=settings.ray_engine_kwargs(),
@@ -153,20 +161,36 @@ def main(argv: list[str] | None = None) -> int:
     config, ns = config_from_argv(argv)
     address = ns.ray_address or os.environ.get("RAY_ADDRESS")
     ray.init(address=address, runtime_env={"env_vars": config.engine_settings().env()} if not address else None)
-    serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build_app(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
-    print(f"serving {config.served_model_id} at http://{config.host}:{config.port}/v1", flush=True)
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    # Graceful: Serve drains in-flight requests (graceful_shutdown_* settings) before replicas stop.
-    serve.delete(APP_NAME)
-    if not address:
-        serve.shutdown()
-        ray.shutdown()
+    # SIGTERM (Kubernetes, systemd, bench) and Ctrl-C stop the app gracefully at any point, also while
+    # the engine is still starting: Serve drains in-flight requests (graceful_shutdown_* settings).
+    def _stop(*_):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise _Stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(build_app(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
+        print(f"serving {config.served_model_id} at http://{config.host}:{config.port}/v1", flush=True)
+        while True:
+            time.sleep(3600)
+    except _Stop:
+        print("stopping: draining in-flight requests", flush=True)
+    finally:
+        try:
+            serve.delete(APP_NAME)
+        finally:
+            if not address:
+                serve.shutdown()
+                ray.shutdown()
     return 0
+
+
+class _Stop(Exception):
+    pass
 
 
 if __name__ == "__main__":

@@ -47,6 +47,11 @@ class ServingConfig(BaseModel):
     max_ongoing_requests: int = 64
     ingress_replicas: int = 1
     ingress_num_cpus: float = 0.1  # the ingress only parses and forwards; a fraction of a core
+    llm_replica_num_cpus: float | None = Field(
+        None,
+        description="Logical CPUs of the LLMServer replica actor (the engine worker has its own bundle). "
+        "None: 0.1 on CPU machines, Ray's default (1) on GPU.",
+    )
     graceful_shutdown_timeout_s: float = 30.0
     graceful_shutdown_wait_loop_s: float = 2.0
 

@@ -39,11 +39,22 @@ def test_no_key_or_credential_in_ray_logs(endpoint):
 
     import ray
 
-    # Exercise auth failures and media errors first, so their log lines exist.
+    # Exercise auth failures, good and malformed payloads first, so their log lines exist.
     requests.get(endpoint.base_url + "/v1/models", headers={"Authorization": "Bearer sk-leak-probe-123"}, timeout=30)
+    marker = "PAYLOAD-MARKER-7f3a"
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    for body in (
+        {"model": endpoint.model_id, "messages": [{"role": "user", "content": marker}], "max_tokens": 2},
+        {"model": endpoint.model_id, "messages": marker},
+        {"model": endpoint.model_id, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + marker}}]}]},
+        {"model": endpoint.model_id, "messages": [{"role": "user", "content": [{"type": "bogus", "x": marker}]}]},
+        {"model": endpoint.model_id, "messages": [{"role": "user", "content": marker * 2000}]},  # too long
+    ):
+        r = requests.post(endpoint.base_url + "/v1/chat/completions", json=body, headers=auth, timeout=60)
+        assert r.status_code < 500
     time.sleep(2)
     logs = pathlib.Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    secrets = [KEY_A, KEY_B, "sk-leak-probe-123", os.environ["AWS_SECRET_ACCESS_KEY"]]
+    secrets = [KEY_A, KEY_B, "sk-leak-probe-123", os.environ["AWS_SECRET_ACCESS_KEY"], marker]
     leaks = []
     for path in logs.rglob("*"):
         if path.is_file():

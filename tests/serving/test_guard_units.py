@@ -1,0 +1,92 @@
+"""The guard's parts on their own (no engine): key parsing/rotation, constant-time matching, per-key
+limits, config validation and the Serve application graph the builder produces."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from serving.config import ServingConfig
+from serving.guard import KeyLimits, KeyStore, fingerprint, parse_keys
+
+
+def test_parse_keys_file_and_env_forms():
+    assert parse_keys("# comment\nk1\n  k2  # team b\n\nk3,k4\n") == ["k1", "k2", "k3", "k4"]
+
+
+def test_keystore_matches_and_rotates(tmp_path, monkeypatch):
+    path = tmp_path / "keys"
+    path.write_text("alpha\nbeta\n")
+    monkeypatch.setenv("TEST_SERVING_KEYS", "gamma")
+    store = KeyStore(str(path), "TEST_SERVING_KEYS", recheck_s=0)
+    assert len(store) == 3
+    assert store.match("alpha") == fingerprint("alpha")
+    assert store.match("gamma") == fingerprint("gamma")
+    assert store.match("alph") is None and store.match("alphaa") is None and store.match("") is None
+    # Rotation: the file changes, the old key stops working without a restart.
+    time.sleep(0.01)
+    path.write_text("delta\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert store.match("alpha") is None
+    assert store.match("delta") == fingerprint("delta")
+
+
+def test_fingerprint_does_not_reveal_the_key():
+    assert "secret-key" not in fingerprint("secret-key") and len(fingerprint("secret-key")) == 12
+
+
+def test_concurrency_limit_is_per_key():
+    limits = KeyLimits(max_concurrent=2, per_minute=None)
+    assert limits.acquire("a") is None and limits.acquire("a") is None
+    assert "concurrent" in limits.acquire("a")
+    assert limits.acquire("b") is None  # another key is unaffected
+    limits.release("a")
+    assert limits.acquire("a") is None
+
+
+def test_rate_limit_token_bucket():
+    limits = KeyLimits(max_concurrent=100, per_minute=3)
+    for _ in range(3):
+        assert limits.acquire("a") is None
+        limits.release("a")
+    assert "per minute" in limits.acquire("a")
+    assert limits.acquire("b") is None
+
+
+def test_config_rejects_unknown_fields_and_normalises():
+    with pytest.raises(ValueError):
+        ServingConfig(model="/m", no_such_option=1)
+    config = ServingConfig(model="/models/gemma", allowed_media_domains=" Media.Example.com, ,cdn.example.com")
+    assert config.allowed_media_domains == ["media.example.com", "cdn.example.com"]
+    assert config.served_model_id == "gemma"
+    assert config.images_per_request == config.max_images_per_prompt
+
+
+def test_builder_makes_ingress_plus_llm_server(tiny_checkpoint):
+    """The Serve graph (no cluster needed to build it): our ingress over ray.serve.llm's LLMServer,
+    with EngineSettings' engine kwargs, CPU placement and the autoscaling settings."""
+    from serving.app import build_app, llm_config
+
+    args = dict(model=str(tiny_checkpoint), device="cpu", min_replicas=1, max_replicas=3, target_ongoing_requests=5,
+                allow_unauthenticated=True)
+    app = build_app(args)
+    ingress = app._bound_deployment
+    assert ingress.name == "OpenAiIngress"
+    assert ingress.ray_actor_options["num_cpus"] == pytest.approx(0.1)
+    cfg = llm_config(ServingConfig(**args))
+    assert cfg.engine_kwargs["dtype"] == "float32" and cfg.engine_kwargs["enforce_eager"] is True
+    assert cfg.deployment_config["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 5}
+    assert cfg.runtime_env["env_vars"]["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+
+def test_example_serve_config_is_valid():
+    import pathlib
+
+    import yaml
+
+    example = yaml.safe_load((pathlib.Path(__file__).parents[2] / "serving" / "serve_config.example.yaml").read_text())
+    app = example["applications"][0]
+    assert app["import_path"] == "serving.app:build_app"
+    ServingConfig.model_validate(app["args"])
