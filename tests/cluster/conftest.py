@@ -60,6 +60,10 @@ def _kill(pids: set[int], sig: int) -> None:
             pass
 
 
+class HeadStartError(RuntimeError):
+    pass
+
+
 class RayHead:
     def __init__(self) -> None:
         # Short path: Ray's unix sockets live under the temp dir and have a ~107 character limit.
@@ -112,17 +116,22 @@ class RayHead:
         from ray.job_submission import JobSubmissionClient
 
         deadline = time.monotonic() + timeout
-        last: Exception | None = None
+        last: Exception | str | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited ({self.proc.returncode}):\n{self.log.read_text()[-4000:]}")
+                raise HeadStartError(f"ray start exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+            # `ray start` prints this once the node registered (it gives up after 30 s on a busy machine).
+            if "Ray runtime started" not in self.log.read_text(errors="replace"):
+                last = "node not registered yet"
+                time.sleep(1)
+                continue
             try:
                 JobSubmissionClient(self.address, headers=self.headers).list_jobs()
                 return
             except Exception as exc:  # noqa: BLE001 - not up yet
                 last = exc
                 time.sleep(1)
-        raise RuntimeError(f"Ray head at {self.address} not ready after {timeout} s: {last}")
+        raise HeadStartError(f"Ray head at {self.address} not ready after {timeout} s: {last}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -143,11 +152,25 @@ class RayHead:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+def start_head(attempts: int = 3) -> RayHead:
+    """A started head. `ray start` aborts when its raylet takes over 30 s to register, which happens
+    on a loaded 2-core machine; such a start is cleaned up and tried again with fresh ports."""
+    for attempt in range(1, attempts + 1):
+        head = RayHead()
+        try:
+            head.start(num_cpus=int(os.environ.get("TEST_RAY_CPUS", "4")))
+            return head
+        except HeadStartError:
+            head.stop()
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="package")  # one head for tests/cluster: each start costs 20-60 s here
 def ray_head():
-    head = RayHead()
+    head = start_head()
     try:
-        head.start(num_cpus=int(os.environ.get("TEST_RAY_CPUS", "4")))
         yield head
     finally:
         head.stop()
