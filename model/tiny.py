@@ -110,7 +110,8 @@ def build_tokenizer():
     )
 
 
-def build_config(bidirectional_vision: bool):
+def build_config(bidirectional_vision: bool, *, text_overrides: dict | None = None, vision_overrides: dict | None = None):
+    """The tiny config; `*_overrides` replace text/vision config fields (the demo model is larger)."""
     from transformers import Gemma4UnifiedConfig
 
     hidden = 64
@@ -141,6 +142,8 @@ def build_config(bidirectional_vision: bool):
         mm_posemb_size=1120,
         initializer_range=0.05,
     )
+    text_config.update(text_overrides or {})
+    vision_config.update(vision_overrides or {})
     config = Gemma4UnifiedConfig(
         text_config=text_config,
         vision_config=vision_config,
@@ -186,7 +189,7 @@ def build_processor(tokenizer):
 def build(out_dir: str | pathlib.Path, *, bidirectional_vision: bool = False, seed: int = 0) -> pathlib.Path:
     """Write the checkpoint to `out_dir` and return its path. Same seed -> identical files."""
     import torch
-    from transformers import Gemma4UnifiedForConditionalGeneration, GenerationConfig
+    from transformers import Gemma4UnifiedForConditionalGeneration
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,6 +205,17 @@ def build(out_dir: str | pathlib.Path, *, bidirectional_vision: bool = False, se
                 param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=gen))
             elif name.endswith("pos_embedding"):
                 param.copy_(0.5 * torch.randn(param.shape, generator=gen))
+    return save_checkpoint(model, out)
+
+
+def save_checkpoint(model, out_dir: str | pathlib.Path, processor=None) -> pathlib.Path:
+    """Write `model` (a Gemma4UnifiedForConditionalGeneration built from `build_config`) with the
+    tokenizer, processor (default: `build_processor`), chat template and generation config: a
+    complete checkpoint directory."""
+    from transformers import GenerationConfig
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     # save_pretrained writes the Python class name; the checkpoint names the project's architecture
     # so that vLLM runs the project's class through the plugin.
@@ -220,7 +234,7 @@ def build(out_dir: str | pathlib.Path, *, bidirectional_vision: bool = False, se
         suppress_tokens=special_ids,
     ).save_pretrained(out)
 
-    processor = build_processor(build_tokenizer())
+    processor = processor or build_processor(build_tokenizer())
     processor.save_pretrained(out)
     # vLLM and older loaders read the template from tokenizer_config.json too.
     tok_cfg_path = out / "tokenizer_config.json"

@@ -1,0 +1,431 @@
+"""Train the demo model: a small Gemma 4 Unified that reads rendered text and transcribes spoken digits.
+
+    python -m model.train_demo OUT_DIR [--seed 0] [--steps 6000] [--max-minutes 60] [--eval-bank DIR]
+
+Same transformers classes as the real model (`Gemma4UnifiedForConditionalGeneration`), the tiny
+checkpoint's tokenizer/processor/chat template (model/tiny.py), a larger config, bidirectional
+vision off (the CPU attention backend cannot compute that mask). Data comes from model/demo_data.py,
+generated on the fly in DataLoader workers: rendered text lines/paragraphs, and espeak-ng speech
+(synthesized on the fly when espeak-ng runs here, else read from `--audio-bank`).
+
+Runs on CUDA when torch sees a GPU (bf16 autocast), else on CPU (float32). Deterministic for a
+seed on a given device and worker count. Prints progress and, at the end, held-out scores: CER on
+rendered lines and WER on spoken digit strings, drawn from unseen seeds and texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+
+import numpy as np
+import torch
+
+from model import demo_data, tiny
+
+# The demo model: ~11M parameters (22 MB in bfloat16).
+TEXT_OVERRIDES = dict(
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    global_head_dim=64,
+    layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+    # Wider than the longest training prompt (~330 tokens): every layer may look at the whole image.
+    sliding_window=512,
+    initializer_range=0.02,
+)
+VISION_OVERRIDES = dict(mm_embed_dim=256, output_proj_dims=256, initializer_range=0.02)
+
+# Image budget of the demo checkpoint: a rendered line (demo_data.LINE_ASPECT) is one patch row.
+DEMO_MAX_SOFT_TOKENS = 70
+EVAL_IMAGE_SEED_OFFSET = 1_000_003  # held-out images come from a seed stream training never uses
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    out_dir: str
+    seed: int = 0
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 1.5e-3
+    warmup: int = 300
+    weight_decay: float = 0.01
+    max_minutes: float = 60.0
+    workers: int = 2
+    audio_bank: str | None = None
+    init_from: str | None = None  # continue from a checkpoint's weights (same config)
+    eval_bank: str | None = None
+    eval_images: int = 200
+    eval_clips: int = 200
+    eval_every: int = 0
+    save_dtype: str = "bfloat16"
+    image_fraction: float = 0.5  # share of training steps that are image batches
+    device: str = "auto"
+
+
+def build_demo_config():
+    config = tiny.build_config(False, text_overrides=TEXT_OVERRIDES, vision_overrides=VISION_OVERRIDES)
+    config.vision_config.num_soft_tokens = DEMO_MAX_SOFT_TOKENS  # vLLM's default image budget
+    return config
+
+
+def build_demo_processor():
+    processor = tiny.build_processor(tiny.build_tokenizer())
+    processor.image_processor.max_soft_tokens = DEMO_MAX_SOFT_TOKENS  # the HF processor's default
+    processor.image_seq_length = DEMO_MAX_SOFT_TOKENS
+    return processor
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples
+# ---------------------------------------------------------------------------------------------
+def encode_prompt(processor, prompt_text: str, modality: str, media, rng: np.random.Generator | None = None):
+    """Chat-format prompt with one image or audio part, processed exactly as at inference."""
+    media_part = {"type": "image"} if modality == "image" else {"type": "audio"}
+    parts = [media_part]
+    if prompt_text:
+        text_part = {"type": "text", "text": prompt_text}
+        # Media first (as the pipeline sends it) most of the time; text first sometimes.
+        parts = [text_part, media_part] if rng is not None and rng.random() < 0.3 else [media_part, text_part]
+    text = processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True, tokenize=False)
+    kwargs = {"images": [media]} if modality == "image" else {"audio": [media]}
+    return processor(text=text, return_tensors="np", **kwargs)
+
+
+class SampleStream(torch.utils.data.IterableDataset):
+    """Endless stream of (encoded prompt, target ids) for one modality; each DataLoader worker
+    draws from its own seed so workers never repeat each other."""
+
+    paragraph_prob = 0.0  # lines only: paragraphs need several patch rows (see docs/demo.md)
+
+    def __init__(self, checkpoint_dir: str, modality: str, seed: int, exclude: frozenset[str], audio_bank: str | None):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.modality = modality
+        self.seed = seed
+        self.exclude = exclude
+        self.audio_bank = audio_bank
+
+    def __iter__(self):
+        from transformers import AutoProcessor
+
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = np.random.default_rng([self.seed, worker, 0 if self.modality == "image" else 1])
+        processor = AutoProcessor.from_pretrained(self.checkpoint_dir)
+        eot = tiny.TOKEN_ID["<end_of_turn>"]
+        make = self._image if self.modality == "image" else self._audio_maker(rng)
+        while True:
+            media, target, prompt = make(rng)
+            if target in self.exclude:
+                continue
+            enc = encode_prompt(processor, prompt, self.modality, media, rng)
+            target_ids = processor.tokenizer(target, add_special_tokens=False)["input_ids"] + [eot]
+            yield enc, np.asarray(target_ids, dtype=np.int64)
+
+    def _image(self, rng):
+        text = demo_data.random_text(rng, paragraph_prob=self.paragraph_prob)
+        img = demo_data.render_text(text, rng)
+        prompts = demo_data.DOCUMENT_PROMPT_VARIANTS
+        prompt = prompts[0] if rng.random() < 0.5 else prompts[rng.integers(len(prompts))]
+        return img, text, prompt
+
+    def _audio_maker(self, rng):
+        bank = None
+        words = None
+        if not demo_data.espeak_available():
+            if not self.audio_bank:
+                raise RuntimeError("espeak-ng is not installed and no --audio-bank was given")
+            bank = [c for c in demo_data.read_audio_bank(self.audio_bank) if c["kind"] != "word"]
+        else:
+            # Single digit words per voice, for concatenated strings (cheap extra variety).
+            wrng = np.random.default_rng(int(rng.integers(1 << 31)))
+            voices = [demo_data.random_voice(wrng) for _ in range(6)]
+            words = {str(d): [demo_data.synthesize(str(d), **v) for v in voices] for d in range(10)}
+        prompts = demo_data.TRANSCRIBE_PROMPT_VARIANTS
+
+        def make(rng):
+            prompt = prompts[0] if rng.random() < 0.5 else prompts[rng.integers(len(prompts))]
+            if bank is not None:
+                clip = bank[rng.integers(len(bank))]
+                audio, text = clip["audio"], clip["text"]
+            else:
+                r = rng.random()
+                if r < 0.15:
+                    audio, text = demo_data.concat_digit_words(words, rng)
+                else:
+                    text = demo_data.random_digits(rng) if r < 0.85 else demo_data.random_phrase(rng)
+                    audio = demo_data.synthesize(text, **demo_data.random_voice(rng))
+            return demo_data.augment_audio(audio, rng), text, prompt
+
+        return make
+
+
+def collate(batch):
+    """Right-pad prompt+target into one sequence; labels only on target tokens."""
+    seqs, label_masks = [], []
+    for enc, target in batch:
+        ids = np.concatenate([enc["input_ids"][0], target])
+        seqs.append(ids)
+        label_masks.append(np.r_[np.zeros(len(ids) - len(target), bool), np.ones(len(target), bool)])
+    n = max(len(s) for s in seqs)
+    input_ids = np.zeros((len(seqs), n), np.int64)
+    attn = np.zeros((len(seqs), n), np.int64)
+    labels = np.zeros((len(seqs), n), bool)
+    mm_types = np.zeros((len(seqs), n), np.int64)
+    for i, ((enc, _), s, m) in enumerate(zip(batch, seqs, label_masks)):
+        input_ids[i, : len(s)] = s
+        attn[i, : len(s)] = 1
+        labels[i, : len(s)] = m
+        mm = enc["mm_token_type_ids"][0]
+        mm_types[i, : len(mm)] = mm
+    out = dict(
+        input_ids=torch.from_numpy(input_ids),
+        attention_mask=torch.from_numpy(attn),
+        mm_token_type_ids=torch.from_numpy(mm_types),
+        label_mask=torch.from_numpy(labels),
+    )
+    first = batch[0][0]
+    if "pixel_values" in first:
+        out["pixel_values"] = torch.from_numpy(np.concatenate([e["pixel_values"] for e, _ in batch]))
+        out["image_position_ids"] = torch.from_numpy(np.concatenate([e["image_position_ids"] for e, _ in batch]))
+    else:
+        frames = max(e["input_features"].shape[1] for e, _ in batch)
+        feats = np.zeros((len(batch), frames, first["input_features"].shape[2]), np.float32)
+        fmask = np.zeros((len(batch), frames), bool)
+        for i, (e, _) in enumerate(batch):
+            k = e["input_features"].shape[1]
+            feats[i, :k] = e["input_features"][0]
+            fmask[i, :k] = e["input_features_mask"][0].astype(bool)
+        out["input_features"] = torch.from_numpy(feats)
+        out["input_features_mask"] = torch.from_numpy(fmask)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+def eval_image_set(n: int, seed: int) -> list[tuple[object, str]]:
+    """Held-out rendered single lines: a seed stream training never draws from."""
+    rng = np.random.default_rng([seed + EVAL_IMAGE_SEED_OFFSET])
+    out = []
+    for _ in range(n):
+        text = demo_data.random_line(rng)
+        out.append((demo_data.render_text(text, rng), text))
+    return out
+
+
+def greedy_read(model, processor, modality: str, media_items: list, device, max_new_tokens: int = 64) -> list[str]:
+    """Greedy decoding with transformers (the reference implementation), one batch per call."""
+    prompt = demo_data.DOCUMENT_PROMPT if modality == "image" else demo_data.TRANSCRIBE_PROMPT
+    part = {"type": "image"} if modality == "image" else {"type": "audio"}
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [part, {"type": "text", "text": prompt}]}], add_generation_prompt=True, tokenize=False
+    )
+    kwargs = {"images": [[m] for m in media_items]} if modality == "image" else {"audio": media_items}
+    enc = processor(text=[text] * len(media_items), padding=True, return_tensors="pt", **kwargs)
+    enc = {k: v.to(device) for k, v in enc.items() if hasattr(v, "to")}
+    with torch.no_grad(), _autocast(device):
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[:, enc["input_ids"].shape[1] :]
+    return [s.strip() for s in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def evaluate(model, processor, device, images, audio_clips, batch: int = 32, show: int = 3) -> dict:
+    model.eval()
+    scores = {}
+    if images:
+        hyps = []
+        for i in range(0, len(images), batch):
+            hyps += greedy_read(model, processor, "image", [im for im, _ in images[i : i + batch]], device)
+        refs = [t for _, t in images]
+        scores["cer_lines"] = demo_data.cer(refs, hyps)
+        scores["lines_exact"] = float(np.mean([r == h for r, h in zip(refs, hyps)]))
+        for r, h in list(zip(refs, hyps))[:show]:
+            print(f"  line ref={r!r}\n       hyp={h!r}", flush=True)
+    if audio_clips:
+        hyps = []
+        for i in range(0, len(audio_clips), batch):
+            hyps += greedy_read(model, processor, "audio", [c["audio"] for c in audio_clips[i : i + batch]], device, 32)
+        refs = [c["text"] for c in audio_clips]
+        scores["wer_digits"] = demo_data.wer(refs, hyps)
+        scores["digits_exact"] = float(np.mean([r == h for r, h in zip(refs, hyps)]))
+        for r, h in list(zip(refs, hyps))[:show]:
+            print(f"  digits ref={r!r} hyp={h!r}", flush=True)
+    model.train()
+    return scores
+
+
+def _autocast(device):
+    import contextlib
+
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    from transformers import AutoProcessor, Gemma4UnifiedForConditionalGeneration
+
+    t0 = time.time()
+    out = pathlib.Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    config = build_demo_config()
+    if cfg.init_from:
+        model = Gemma4UnifiedForConditionalGeneration.from_pretrained(cfg.init_from, dtype=torch.float32).to(device)
+        model.config.vision_config.num_soft_tokens = config.vision_config.num_soft_tokens
+    else:
+        model = Gemma4UnifiedForConditionalGeneration(config).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"device={device} params={n_params / 1e6:.2f}M", flush=True)
+    # Processor + tokenizer first, so workers load exactly what the checkpoint will ship.
+    proc_dir = out / "processor"
+    build_demo_processor().save_pretrained(proc_dir)
+    processor = AutoProcessor.from_pretrained(proc_dir)
+
+    eval_audio = []
+    if cfg.eval_bank:
+        eval_audio = [c for c in demo_data.read_audio_bank(cfg.eval_bank) if c["kind"] == "digits"][: cfg.eval_clips]
+    eval_images = eval_image_set(cfg.eval_images, cfg.seed)
+    exclude = frozenset([c["text"] for c in eval_audio] + [t for _, t in eval_images])
+
+    def loader(modality: str, stream_seed: int, workers: int):
+        ds = SampleStream(str(proc_dir), modality, stream_seed, exclude, cfg.audio_bank)
+        return iter(
+            torch.utils.data.DataLoader(
+                ds,
+                batch_size=cfg.batch_size,
+                collate_fn=collate,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
+            )
+        )
+
+    # Split the workers between the two modalities (images are the dearer ones to make).
+    image_workers = (cfg.workers + 1) // 2
+    images = loader("image", cfg.seed, image_workers)
+    audio = loader("audio", cfg.seed, cfg.workers - image_workers)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed_tokens" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed_tokens" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        fused=device.type == "cuda",
+    )
+
+    # Cosine decay over whichever runs out first, the steps or the time budget, so a time-limited
+    # run still ends at a low learning rate. (Time-based progress makes the step count vary with
+    # the machine's speed; with a generous --max-minutes the run is step-deterministic.)
+    train_start = time.time()
+    deadline = t0 + cfg.max_minutes * 60
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        by_steps = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        by_time = (time.time() - train_start) / max(1.0, deadline - train_start)
+        progress = min(1.0, max(by_steps, by_time))
+        return cfg.lr * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    model.train()
+    losses = {"image": [], "audio": []}
+    step = 0
+    for step in range(cfg.steps):
+        # Deterministic interleaving with the requested share of image batches.
+        modality = "image" if int((step + 1) * cfg.image_fraction) > int(step * cfg.image_fraction) else "audio"
+        batch = next(images if modality == "image" else audio)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        label_mask = batch.pop("label_mask")
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        with _autocast(device):
+            logits = model(**batch).logits
+        # next-token loss on the target tokens only
+        logits = logits[:, :-1].float()
+        targets = batch["input_ids"][:, 1:]
+        mask = label_mask[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses[modality].append(loss.item())
+        if (step + 1) % 100 == 0:
+            elapsed = time.time() - t0
+            print(
+                f"step {step + 1}/{cfg.steps} loss image={np.mean(losses['image'][-50:]):.3f} "
+                f"audio={np.mean(losses['audio'][-50:]):.3f} lr={lr_at(step):.2e} {elapsed / 60:.1f} min",
+                flush=True,
+            )
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            print(f"eval @ {step + 1}: {evaluate(model, processor, device, eval_images[:64], eval_audio[:64])}", flush=True)
+        if time.time() > deadline:
+            print(f"time limit reached after {step + 1} steps", flush=True)
+            break
+    train_minutes = (time.time() - t0) / 60
+
+    # Score the weights as they will ship (rounded to the saved dtype).
+    save_dtype = getattr(torch, cfg.save_dtype)
+    model = model.to(save_dtype).to(torch.float32)
+    scores = evaluate(model, processor, device, eval_images, eval_audio)
+    print(f"held-out: {json.dumps(scores)}", flush=True)
+
+    ckpt = out / "checkpoint"
+    tiny.save_checkpoint(model.to("cpu").to(save_dtype), ckpt, processor=build_demo_processor())
+    report = dict(
+        steps=step + 1,
+        train_minutes=round(train_minutes, 2),
+        device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        params=n_params,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        eval_lines=len(eval_images),
+        eval_digit_clips=len(eval_audio),
+        **scores,
+    )
+    (ckpt / "demo_training.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {ckpt} in {(time.time() - t0) / 60:.1f} min: {json.dumps(report)}", flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m model.train_demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", help="working directory; the checkpoint lands in OUT_DIR/checkpoint")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "out_dir":
+            continue
+        kind = field.type if field.type in ("int", "float") else "str"
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            type={"int": int, "float": float}.get(kind, str),
+            default=field.default,
+        )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    train(TrainConfig(**vars(args)))
+
+
+if __name__ == "__main__":
+    main()
