@@ -137,7 +137,7 @@ class RayHead:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         # Anything the supervisor left behind, found by our temp dir in its command line.

@@ -1,0 +1,47 @@
+"""jobs.submit turns any form of job spec into complete `jobs.run` arguments, checked before submission."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from jobs.spec import JobSpec
+from jobs.submit import merge_runtime_env, resolve_spec, spec_to_argv
+
+ARGS = [
+    "--input", "s3://scans/2026-11-21/", "--input", "/data/calls", "--output", "s3://results/nightly",
+    "--model", "/models/gemma-4-12b-it", "--device", "gpu", "--image-tokens", "1120", "--actors", "2,8",
+    "--error-threshold", "0.05", "--uri-column", "path", "--s3-endpoint", "http://minio.internal:9000",
+]
+
+
+def test_argv_round_trip_pins_run_date_and_id():
+    spec = resolve_spec(ARGS)
+    argv = spec_to_argv(spec)
+    assert argv[argv.index("--run-date") + 1] == spec.run_date
+    assert argv[argv.index("--run-id") + 1] == spec.run_id
+    assert resolve_spec(argv) == spec  # the cluster parses exactly the notebook's spec
+
+
+def test_spec_object_and_dict_forms():
+    spec = JobSpec(inputs=["/in"], output="/out", model="/m", run_date="2026-11-20", max_new_tokens=64)
+    assert resolve_spec(spec_to_argv(spec)) == spec
+    as_dict = {"inputs": ["/in"], "output": "/out", "model": "/m", "run_date": "2026-11-20", "max_new_tokens": 64}
+    assert resolve_spec(as_dict) == spec
+
+
+def test_a_setting_without_flag_is_refused_not_dropped():
+    spec = dataclasses.replace(resolve_spec(ARGS), seed=7)
+    with pytest.raises(ValueError, match="seed"):
+        spec_to_argv(spec)
+
+
+def test_bad_arguments_fail_before_submission():
+    with pytest.raises(SystemExit):
+        resolve_spec(["--input", "/in", "--output", "/out", "--model", "/m", "--image-tokens", "123"])
+
+
+def test_runtime_env_merge_keeps_project_env_vars():
+    merged = merge_runtime_env({"working_dir": "/w", "env_vars": {"A": "1"}}, {"env_vars": {"B": "2"}, "pip": ["x"]})
+    assert merged == {"working_dir": "/w", "env_vars": {"A": "1", "B": "2"}, "pip": ["x"]}
