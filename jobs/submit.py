@@ -12,7 +12,7 @@ Submission goes through Ray's Job Submission client (the head's dashboard port, 
 in `project_runtime_env()`: the project source as the working directory, plus the project's
 installed-package metadata as a py_module so the vLLM plugin entry point (`vllm.general_plugins`)
 exists in the driver and in every worker process, even on nodes where the project is not installed
-(see cluster/README.md, "Runtime environment").
+(see cluster/README.md, "The vLLM plugin must exist in every process").
 
 Results are read with pyarrow filesystems from the job's `--output` URI (local path or s3://, with
 the endpoint and credentials from the usual AWS settings), not through the cluster.
@@ -103,6 +103,11 @@ def project_runtime_env(env_vars: dict[str, str] | None = None, *, ship_code: bo
     env.update(env_vars or {})
     runtime_env: dict[str, Any] = {"env_vars": env}
     if ship_code:
+        if not (PROJECT_ROOT / "pyproject.toml").is_file():
+            raise RuntimeError(
+                f"shipping the code needs a source checkout; {PROJECT_ROOT} has no pyproject.toml. "
+                "Use ship_code=False (CLI: --installed) where the nodes have the project installed."
+            )
         runtime_env["working_dir"] = str(PROJECT_ROOT)
         runtime_env["excludes"] = working_dir_excludes()
         runtime_env["py_modules"] = [str(plugin_metadata_dir())]
@@ -210,7 +215,7 @@ def read_table(output: str, table: str, *, columns: list[str] | None = None, **p
 
 
 def _client(address: str, token: str | None):
-    """Job Submission client; `token`: the cluster's Ray auth token (Ray >= 2.52 token auth).
+    """Job Submission client; `token`: the cluster's Ray auth token (token auth is on by default in Ray 2.60).
 
     Without `token`, Ray's own lookup applies (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or
     RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token).
