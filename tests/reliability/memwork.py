@@ -33,3 +33,18 @@ def stream_audio_file(path: str, block_s: str = "30") -> dict:
             samples += block.size
             peak = max(peak, float(np.abs(block).max()))
     return {"duration_s": samples / media.TARGET_SAMPLE_RATE, "peak_amplitude": peak}
+
+
+def prompt_file(path: str, name: str) -> dict:
+    """What the batch decode stage does per page: decode, build the chat request, serialise it."""
+    import json
+
+    from model import media, prompts
+
+    data = pathlib.Path(path).read_bytes()
+    decoded = media.decode(data, name)
+    size = 0
+    for page in decoded.pages:
+        size += len(json.dumps(prompts.messages_for_item("auto", "document", image=page)))
+    return {"pages": len(decoded.pages), "request_mib": size / 2**20,
+            "page_size": list(decoded.pages[0].size) if decoded.pages else None}
