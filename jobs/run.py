@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-concurrent-batches", type=int, help="batches in flight per inference actor")
     p.add_argument("--max-model-len", type=int)
+    p.add_argument("--cpus-per-decode-task", type=float, help="CPUs reserved per decode task (1 on GPU, 0.5 on CPU)")
+    p.add_argument("--seed", type=int, help="engine seed (decoding is greedy; affects nothing else)")
     p.add_argument("--error-threshold", type=float, help="max share of error rows before exit 2")
     p.add_argument("--run-id")
     p.add_argument("--run-date", help="YYYY-MM-DD output partition (default: today, UTC)")

@@ -100,16 +100,16 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
             audio = media.decode_audio(data, ctx.limits)
             chunks = audio_chunks.plan_chunks(len(audio), chunk_s=ctx.chunk_s, overlap_s=ctx.overlap_s)
             duration = len(audio) / media.TARGET_SAMPLE_RATE
-            requests = []
-            for chunk in chunks:
-                if chunk.index in skip:
-                    continue
-                messages = prompts.messages_for_item(
-                    task, "audio", audio=audio[chunk.start_sample:chunk.end_sample])
-                requests.append(dict(segment_index=chunk.index, start_s=chunk.start_s, end_s=chunk.end_s,
-                                     messages_json=json.dumps(messages)))
+            # Nothing can fail past decoding: build chunk requests lazily (a long recording's
+            # encoded chunks are never all in memory at once).
+            requests = (dict(segment_index=c.index, start_s=c.start_s, end_s=c.end_s,
+                             messages_json=json.dumps(prompts.messages_for_item(
+                                 task, "audio", audio=audio[c.start_sample:c.end_sample])))
+                        for c in chunks if c.index not in skip)
             common = dict(modality="audio", format=fmt, num_segments=len(chunks), duration_s=duration)
         else:
+            # Pages are collected first: a page that fails to render fails the whole source (one
+            # error row), so no page of it may have been emitted yet.
             pages = media.iter_images(data, ctx.limits) if kind == "image" else media.iter_pdf_pages(data, ctx.limits)
             requests = []
             count = 0
@@ -127,7 +127,7 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
         yield _request(source, error=f"unexpected decoding failure ({type(exc).__name__}: {exc})",
                        error_stage="decode", source_bytes=len(data), **known)
         return
-    elapsed = (time.perf_counter() - started) / max(len(requests), 1)
+    elapsed = (time.perf_counter() - started) / max(common["num_segments"], 1)
     for request in requests:
         yield _request(source, **common, **request, source_bytes=len(data), decode_s=elapsed)
 

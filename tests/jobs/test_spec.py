@@ -1,0 +1,43 @@
+"""Job spec: YAML, flags over YAML, derived run id (same command + date -> same run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.run import parser, spec_from_args
+from jobs.spec import JobSpec
+
+
+def test_yaml_and_flags_merge(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "input: [s3://scans/a/, s3://scans/b.parquet]\noutput: s3://out/x\nmodel: /models/m\n"
+        "image_tokens: 1120\nparquet: {id_column: doc}\nrun_date: '2026-11-22'\n")
+    spec = JobSpec.from_yaml(path)
+    assert spec.inputs == ["s3://scans/a/", "s3://scans/b.parquet"] and spec.parquet.id_column == "doc"
+    merged = spec_from_args(parser().parse_args(["--spec", str(path), "--actors", "1,4", "--batch-size", "8",
+                                                  "--s3-endpoint", "http://minio:9000"]))
+    assert (merged.actors_min, merged.actors_max, merged.batch_size) == (1, 4, 8)
+    assert merged.image_tokens == 1120 and merged.storage.endpoint_url == "http://minio:9000"
+    assert merged.run_id == spec.run_id  # same inputs/settings/date -> same run
+
+
+def test_run_id_changes_with_inputs_and_date():
+    a = JobSpec(inputs=["s3://x/"], output="o", model="m", run_date="2026-11-22")
+    assert a.run_id.startswith("20261122-")
+    assert JobSpec(inputs=["s3://x/"], output="o", model="m", run_date="2026-11-23").run_id != a.run_id
+    assert JobSpec(inputs=["s3://y/"], output="o", model="m", run_date="2026-11-22").run_id != a.run_id
+
+
+@pytest.mark.parametrize("bad", [dict(image_tokens=100), dict(error_threshold=2), dict(run_date="22/11/2026"),
+                                 dict(actors_min=3, actors_max=2), dict(run_id="a b"), dict(pdf_dpi=0)])
+def test_invalid_specs_refused(bad):
+    with pytest.raises(ValueError):
+        JobSpec(inputs=["x"], output="o", model="m", **bad)
+
+
+def test_unknown_yaml_field_refused(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("inputs: [a]\noutput: o\nmodel: m\nbatchsize: 3\n")
+    with pytest.raises(ValueError, match="batchsize"):
+        JobSpec.from_yaml(path)
