@@ -5,7 +5,7 @@
 Same transformers classes as the real model (`Gemma4UnifiedForConditionalGeneration`), the tiny
 checkpoint's tokenizer/processor/chat template (model/tiny.py), a larger config, bidirectional
 vision off (the CPU attention backend cannot compute that mask). Data comes from model/demo_data.py,
-generated on the fly in DataLoader workers: rendered text lines/paragraphs, and espeak-ng speech
+generated on the fly in DataLoader workers: rendered text lines and espeak-ng speech
 (synthesized on the fly when espeak-ng runs here, else read from `--audio-bank`).
 
 Runs on CUDA when torch sees a GPU (bf16 autocast), else on CPU (float32). Deterministic for a
@@ -28,7 +28,7 @@ import torch
 
 from model import demo_data, tiny
 
-# The demo model: ~11M parameters (22 MB in bfloat16).
+# The demo model: 8.6 M parameters (17 MB in bfloat16).
 TEXT_OVERRIDES = dict(
     hidden_size=256,
     intermediate_size=1024,
@@ -38,7 +38,7 @@ TEXT_OVERRIDES = dict(
     head_dim=64,
     global_head_dim=64,
     layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
-    # Wider than the longest training prompt (~330 tokens): every layer may look at the whole image.
+    # Wider than any training prompt (about 100-200 tokens): every layer sees the whole input.
     sliding_window=512,
     initializer_range=0.02,
 )
