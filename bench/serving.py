@@ -2,8 +2,8 @@
 
     python -m bench.serving [--model PATH] [--concurrency 1,8,32] [--requests-per-level N] [--max-tokens 16]
 
-Starts each server in turn (never both at once: they would share the same cores), sends the same
-chat requests (a 64x48 PNG + a short instruction, greedy, `max_tokens` new tokens) at each
+Starts both servers, then measures them alternately at each level (A B, then B A; median of the
+rounds), so background load on a shared machine hits both alike. Sends the same chat requests (a 64x48 PNG + a short instruction, greedy, `max_tokens` new tokens) at each
 concurrency level with the `openai` async client, and reports p50/p95 latency and requests/s, plus
 the ratios endpoint / vLLM. The endpoint runs as users run it (`python -m serving.app`, API key on,
 media vetting on); vLLM's server gets the same engine arguments from `model.engine.EngineSettings`.
@@ -110,35 +110,42 @@ async def _level(base_url: str, model: str, concurrency: int, total: int, max_to
     }
 
 
-def _run_levels(base_url, model, levels, per_level, max_tokens) -> list[dict]:
-    image = _png()
-    # Warm-up (first multimodal request pays one-time processor setup on both servers).
-    asyncio.run(_level(base_url, model, 1, 2, max_tokens, image))
-    results = []
-    for c in levels:
-        results.append(asyncio.run(_level(base_url, model, c, max(per_level, c * 2), max_tokens, image)))
-        print("   ", json.dumps(results[-1]), flush=True)
-    return results
-
-
 def _vllm_cli_args(settings) -> list[str]:
     """EngineSettings.vllm_kwargs() as `vllm serve` flags (the same engine the endpoint builds)."""
-    kw = settings.vllm_kwargs()
-    args = [
-        "--model", kw["model"], "--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
-        "--limit-mm-per-prompt", json.dumps(kw["limit_mm_per_prompt"]),
-        "--tensor-parallel-size", str(kw["tensor_parallel_size"]), "--max-num-seqs", str(kw["max_num_seqs"]),
-        "--seed", str(kw["seed"]),
-    ]
-    if kw.get("enforce_eager"):
-        args.append("--enforce-eager")
-    if "hf_overrides" in kw:
-        args += ["--hf-overrides", json.dumps(kw["hf_overrides"])]
-    if "mm_processor_kwargs" in kw:
-        args += ["--mm-processor-kwargs", json.dumps(kw["mm_processor_kwargs"])]
-    if "gpu_memory_utilization" in kw:
-        args += ["--gpu-memory-utilization", str(kw["gpu_memory_utilization"])]
+    args: list[str] = []
+    for key, value in settings.vllm_kwargs().items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (dict, list)):
+            args += [flag, json.dumps(value)]
+        elif value is not None:
+            args += [flag, str(value)]
     return args
+
+
+def _start_endpoint(model, model_id, args, levels, env, work) -> tuple[subprocess.Popen, str]:
+    keys = work / "keys.txt"
+    keys.write_text(API_KEY + "\n")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "serving.app", "--model", model, "--model-id", model_id, "--port", str(port),
+           "--api-keys-file", str(keys), "--max-concurrent-per-key", str(max(levels) * 2),
+           "--max-model-len", str(args.max_model_len), "--device", args.device,
+           "--max-ongoing-requests", str(max(64, max(levels) * 2))]
+    print("endpoint:", " ".join(cmd[1:]), flush=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=open(work / "endpoint.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _start_vllm(settings, model_id, env, work) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *_vllm_cli_args(settings),
+           "--served-model-name", model_id, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY]
+    print("vllm:", " ".join(cmd[1:]), flush=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=open(work / "vllm.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def main(argv=None) -> int:
@@ -146,6 +153,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="checkpoint directory (default: build the tiny checkpoint)")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests-per-level", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per level (median is reported)")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--device", default="auto")
@@ -164,51 +172,51 @@ def main(argv=None) -> int:
     settings = EngineSettings(model=model, device=args.device, max_model_len=args.max_model_len)
     env = {**os.environ, **settings.env(), "RAY_USAGE_STATS_ENABLED": "0"}
     model_id = "bench-model"
-    report: dict = {"model": model, "device": settings.resolved_device(), "max_tokens": args.max_tokens}
+    report: dict = {"model": model, "device": settings.resolved_device(), "max_tokens": args.max_tokens,
+                    "endpoint": [], "vllm": []}
 
-    # 1. The endpoint, as users start it.
-    keys = work / "keys.txt"
-    keys.write_text(API_KEY + "\n")
-    port = _free_port()
-    cmd = [sys.executable, "-m", "serving.app", "--model", model, "--model-id", model_id, "--port", str(port),
-           "--api-keys-file", str(keys), "--max-concurrent-per-key", str(max(levels) * 2),
-           "--max-model-len", str(args.max_model_len), "--device", args.device,
-           "--max-ongoing-requests", str(max(64, max(levels) * 2))]
-    print("endpoint:", " ".join(cmd[1:]), flush=True)
-    proc = subprocess.Popen(cmd, env=env, stdout=open(work / "endpoint.log", "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    # Both servers stay up and are measured alternately (A B, B A, ...) at each level, so that load
+    # from anything else on the machine hits both alike. An idle engine does not compute.
+    procs = []
     try:
-        report["endpoint_start_s"] = _wait_ready(f"http://127.0.0.1:{port}/health", proc, {})
-        print(f"  ready in {report['endpoint_start_s']:.0f} s", flush=True)
-        report["endpoint"] = _run_levels(f"http://127.0.0.1:{port}/v1", model_id, levels, args.requests_per_level,
-                                         args.max_tokens)
+        t0 = time.monotonic()
+        ours, ours_url = _start_endpoint(model, model_id, args, levels, env, work)
+        procs.append(ours)
+        report["endpoint_start_s"] = _wait_ready(ours_url + "/health", ours, {})
+        print(f"  endpoint ready in {report['endpoint_start_s']:.0f} s", flush=True)
+        theirs, theirs_url = _start_vllm(settings, model_id, env, work)
+        procs.append(theirs)
+        report["vllm_start_s"] = _wait_ready(theirs_url + "/v1/models", theirs, {"Authorization": f"Bearer {API_KEY}"})
+        print(f"  vLLM server ready in {report['vllm_start_s']:.0f} s", flush=True)
+        image = _png()
+        servers = {"endpoint": ours_url + "/v1", "vllm": theirs_url + "/v1"}
+        for url in servers.values():  # warm-up: first multimodal request pays one-time setup
+            asyncio.run(_level(url, model_id, 1, 2, args.max_tokens, image))
+        for c in levels:
+            runs: dict[str, list[dict]] = {"endpoint": [], "vllm": []}
+            for r in range(args.rounds):
+                order = ["endpoint", "vllm"] if r % 2 == 0 else ["vllm", "endpoint"]
+                for name in order:
+                    result = asyncio.run(_level(servers[name], model_id, c, max(args.requests_per_level, c * 2),
+                                                args.max_tokens, image))
+                    runs[name].append(result)
+                    print(f"    {name:8s}", json.dumps(result), flush=True)
+            for name, results in runs.items():
+                best = sorted(results, key=lambda x: x["rps"])[len(results) // 2]  # median by throughput
+                report[name].append(best)
     finally:
-        _stop(proc)
-
-    # 2. vLLM's own OpenAI server, same engine arguments.
-    port = _free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *_vllm_cli_args(settings),
-           "--served-model-name", model_id, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY]
-    print("vllm:", " ".join(cmd[1:3]), "...", flush=True)
-    proc = subprocess.Popen(cmd, env=env, stdout=open(work / "vllm.log", "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        report["vllm_start_s"] = _wait_ready(f"http://127.0.0.1:{port}/v1/models", proc,
-                                             {"Authorization": f"Bearer {API_KEY}"})
-        print(f"  ready in {report['vllm_start_s']:.0f} s", flush=True)
-        report["vllm"] = _run_levels(f"http://127.0.0.1:{port}/v1", model_id, levels, args.requests_per_level,
-                                     args.max_tokens)
-    finally:
-        _stop(proc)
+        for proc in procs:
+            _stop(proc)
+    print(f"total {time.monotonic() - t0:.0f} s")
 
     print("\nconcurrency | endpoint p50/p95 s, req/s | vLLM p50/p95 s, req/s | req/s ratio | p50 ratio")
     report["ratios"] = []
-    for ours, theirs in zip(report["endpoint"], report["vllm"]):
-        ratio = {"concurrency": ours["concurrency"], "rps_ratio": ours["rps"] / theirs["rps"],
-                 "p50_ratio": ours["p50_s"] / theirs["p50_s"]}
+    for ours_r, theirs_r in zip(report["endpoint"], report["vllm"]):
+        ratio = {"concurrency": ours_r["concurrency"], "rps_ratio": ours_r["rps"] / theirs_r["rps"],
+                 "p50_ratio": ours_r["p50_s"] / theirs_r["p50_s"]}
         report["ratios"].append(ratio)
-        print(f"{ours['concurrency']:>11} | {ours['p50_s']:.3f}/{ours['p95_s']:.3f}, {ours['rps']:.2f} | "
-              f"{theirs['p50_s']:.3f}/{theirs['p95_s']:.3f}, {theirs['rps']:.2f} | "
+        print(f"{ours_r['concurrency']:>11} | {ours_r['p50_s']:.3f}/{ours_r['p95_s']:.3f}, {ours_r['rps']:.2f} | "
+              f"{theirs_r['p50_s']:.3f}/{theirs_r['p95_s']:.3f}, {theirs_r['rps']:.2f} | "
               f"{ratio['rps_ratio']:.2f}x | {ratio['p50_ratio']:.2f}x")
     print(f"engine start: endpoint {report['endpoint_start_s']:.0f} s, vLLM server {report['vllm_start_s']:.0f} s")
     if args.json_out:

@@ -8,8 +8,9 @@ answers match token for token.
 
 Sources:
 * `data:` URLs (and `input_audio` base64): always;
-* `s3://bucket/key`: through boto3 with the usual AWS settings (AWS_ENDPOINT_URL for on-prem stores,
-  credential chain) and botocore's standard retries, when `allow_s3_media`;
+* `s3://bucket/key`: through `connectors.storage.read_bytes`, the batch pipeline's reader (usual AWS
+  settings: AWS_ENDPOINT_URL for on-prem stores, credential chain; AWS SDK standard retries), when
+  `allow_s3_media`;
 * `http(s)://host/...`: only when `host` is in `allowed_media_domains` (exact host match; empty list,
   the default, means no web fetches), redirects not followed (a redirect could leave the allowlist);
 * anything else (file://, bare local paths, ftp, ...): refused.
@@ -38,7 +39,6 @@ class MediaPolicy:
         self.config = config
         self.image_limits = MediaLimits(max_image_pixels=config.max_image_pixels, max_pages=1)
         self.audio_limits = MediaLimits(max_audio_seconds=config.max_transcription_seconds)
-        self._s3 = None
 
     # -- public ----------------------------------------------------------------------------------
     async def vet_messages(self, messages: list) -> list:
@@ -144,7 +144,9 @@ class MediaPolicy:
         if scheme == "s3":
             if not self.config.allow_s3_media:
                 raise RequestError(400, f"{where}: s3:// media is disabled on this endpoint.")
-            return await asyncio.to_thread(self._fetch_s3, parsed, where)
+            if not parsed.netloc or not parsed.path.strip("/"):
+                raise RequestError(400, f"{where}: s3 URLs must be s3://bucket/key.")
+            return await asyncio.to_thread(self._fetch_s3, url, where)
         if scheme in ("http", "https"):
             host = (parsed.hostname or "").lower()
             if not host or host not in self.config.allowed_media_domains:
@@ -159,45 +161,18 @@ class MediaPolicy:
             raise RequestError(400, f"{where}: local file paths and file:// URLs are not accepted.", param=where)
         raise RequestError(400, f"{where}: URL scheme {scheme!r} is not supported (use data:, s3:// or https://).")
 
-    def _fetch_s3(self, parsed, where: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+    def _fetch_s3(self, url: str, where: str) -> bytes:
+        # The batch pipeline's reader (pyarrow S3 filesystem, AWS SDK standard retries, endpoint and
+        # credentials from the usual AWS settings), so both read the same store the same way.
+        from connectors.storage import StorageConfig, StorageError, read_bytes
 
-        bucket, key = parsed.netloc, parsed.path.lstrip("/")
-        if not bucket or not key:
-            raise RequestError(400, f"{where}: s3 URL must be s3://bucket/key.")
         try:
-            s3 = self._s3_client()
-            head = s3.head_object(Bucket=bucket, Key=key)
-            if head["ContentLength"] > self.config.max_body_bytes:
-                raise RequestError(
-                    413, f"{where}: the S3 object is larger than the request limit of {self.config.max_body_bytes} bytes."
-                )
-            return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
-                raise RequestError(400, f"{where}: S3 object s3://{bucket}/{key} does not exist.") from None
-            if code in ("403", "AccessDenied", "Forbidden"):
-                raise RequestError(400, f"{where}: access to s3://{bucket}/{key} is denied for this endpoint.") from None
-            raise RequestError(400, f"{where}: S3 error {code or 'unknown'} reading s3://{bucket}/{key}.") from None
-        except BotoCoreError as e:
-            raise RequestError(400, f"{where}: S3 unavailable ({type(e).__name__}).") from None
-
-    def _s3_client(self):
-        if self._s3 is None:
-            import boto3
-            from botocore.config import Config
-
-            # boto3 reads AWS_ENDPOINT_URL / profiles / credential chain itself; retries are botocore's.
-            self._s3 = boto3.session.Session().client(
-                "s3",
-                config=Config(
-                    retries={"max_attempts": 5, "mode": "standard"},
-                    connect_timeout=self.config.media_fetch_timeout_s,
-                    read_timeout=self.config.media_fetch_timeout_s,
-                ),
-            )
-        return self._s3
+            return read_bytes(url, StorageConfig(), max_bytes=self.config.max_body_bytes)
+        except StorageError as e:
+            if "over the input size limit" in str(e):
+                raise RequestError(413, f"{where}: {e}") from None
+            # Not found / denied are the caller's to fix (400); an unreachable store is ours (503).
+            raise RequestError(400 if e.permanent else 503, f"{where}: {e}") from None
 
     async def _fetch_http(self, url: str, where: str) -> bytes:
         import httpx

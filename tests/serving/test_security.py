@@ -176,7 +176,7 @@ def test_audio_url_follows_the_same_policy(endpoint):
 def test_missing_s3_object_is_400(endpoint):
     url = f"s3://{endpoint.s3_bucket}/no/such/object.png"
     msg = _assert_openai_error(_post(endpoint, _chat(endpoint, _image_url(url))), 400)
-    assert "does not exist" in msg
+    assert "not found" in msg
 
 
 # -- malformed requests: 4xx, never 5xx ----------------------------------------------------------------
