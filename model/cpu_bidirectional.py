@@ -52,6 +52,7 @@ class SplitImageError(RuntimeError):
 class CPUBidirectionalMetadata(CPUAttentionMetadata):
     # request index -> inclusive (start, end) positions of each image's soft tokens
     mm_ranges: dict[int, list[tuple[int, int]]] | None = None
+    isa: str = "vec"  # the CPU kernel's ISA for this group (decides the KV cache layout)
 
 
 class CPUBidirectionalMetadataBuilder(CPUAttentionMetadataBuilder):
@@ -66,7 +67,7 @@ class CPUBidirectionalMetadataBuilder(CPUAttentionMetadataBuilder):
         if not ranges or not any(ranges.values()):
             return metadata
         fields = {f.name: getattr(metadata, f.name) for f in dataclasses.fields(metadata)}
-        return CPUBidirectionalMetadata(**fields, mm_ranges=ranges)
+        return CPUBidirectionalMetadata(**fields, mm_ranges=ranges, isa=self.isa)
 
 
 class CPUBidirectionalAttentionImpl(CPUAttentionBackendImpl):
@@ -76,12 +77,11 @@ class CPUBidirectionalAttentionImpl(CPUAttentionBackendImpl):
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
         output = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
         if isinstance(attn_metadata, CPUBidirectionalMetadata) and attn_metadata.mm_ranges:
-            self._attend_image_blocks(layer, query, kv_cache, attn_metadata, output)
+            self._attend_image_blocks(query, kv_cache, attn_metadata, output)
         return output
 
     def _attend_image_blocks(
         self,
-        layer: torch.nn.Module,
         query: torch.Tensor,
         kv_cache: torch.Tensor,
         metadata: CPUBidirectionalMetadata,
@@ -90,7 +90,7 @@ class CPUBidirectionalAttentionImpl(CPUAttentionBackendImpl):
         num_blocks, num_kv_heads, block_size, _ = kv_cache.shape
         key_cache, value_cache = _split_cache(kv_cache)
         key_index, value_index = _cache_layout(
-            layer.isa, kv_cache.dtype, block_size, self.head_size, num_kv_heads
+            metadata.isa, kv_cache.dtype, block_size, self.head_size, num_kv_heads
         )
         query = query.view(query.shape[0], self.num_heads, self.head_size)
         output = output.view(output.shape[0], self.num_heads, self.head_size)
@@ -110,7 +110,8 @@ class CPUBidirectionalAttentionImpl(CPUAttentionBackendImpl):
                     raise SplitImageError(
                         f"image tokens {start}..{end} of a request were split across prefill steps "
                         f"(this step ends at {seq_len - 1}); bidirectional image attention cannot be "
-                        "computed exactly. Run the engine with disable_chunked_mm_input=True."
+                        "computed exactly. Start the engine with the settings model.engine.EngineSettings "
+                        "gives it (disable_chunked_mm_input=True and the project's scheduler_cls)."
                     )
                 k_lo = 0 if window is None else max(0, lo - window + 1)
                 key_pos = torch.arange(k_lo, end + 1)
