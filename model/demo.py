@@ -92,9 +92,15 @@ def write_samples(out: pathlib.Path) -> dict[str, str]:
     """Sample inputs the demo model reads: PNG lines and FLAC digit strings. Returns name -> text."""
     out.mkdir(parents=True, exist_ok=True)
     written = {}
+    from model.demo_data import BUILTIN_FONT
+
     for i, text in enumerate(SAMPLE_LINES):
         name = f"line_{i}.png"
-        line_image(text, font_index=i % 3).save(out / name)
+        try:
+            image = line_image(text, font_index=i % 3)  # DejaVu fonts (Debian fonts-dejavu-core)
+        except FileNotFoundError:
+            image = line_image(text, font_index=BUILTIN_FONT)  # Pillow's own font: always there
+        image.save(out / name)
         written[name] = text
     for stem, _, _ in SAMPLE_SPEECH:
         text, flac = speech_clip(stem)
