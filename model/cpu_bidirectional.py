@@ -1,11 +1,13 @@
 """Bidirectional image attention (`use_bidirectional_attention="vision"`) on vLLM's CPU backend.
 
-The reference (transformers `create_masks_for_vision_model`) masks sliding-window layers with
+Gemma 4's vision mask (transformers `create_masks_for_vision_model`, which vLLM's GPU kernels
+implement too) masks sliding-window layers with
 
     allowed(q, k) = (k > q - sliding_window) AND (k <= q OR same_image_block(q, k))
 
 where an image block is a maximal run of image soft tokens (`mm_token_type_ids` 1/2; the
 `<start_of_image>`/`<end_of_image>` tokens are text). Full-attention layers stay causal.
+(transformers 5.19's `Gemma4UnifiedModel.forward` builds a different mask; docs/bidirectional.md.)
 
 vLLM 0.29 implements this only in its GPU kernels (`supports_mm_prefix()`); on CPU the platform
 always selects CPU_ATTN, which ignores the ranges and attends causally. The model runner still
