@@ -55,7 +55,11 @@ def plugin_metadata_dir() -> pathlib.Path:
     as a py_module it lands on every worker's sys.path, where importlib.metadata discovers it.
     Runs in a subprocess because setuptools' hook works on the current directory.
     """
+    import atexit
+    import shutil
+
     out = pathlib.Path(tempfile.mkdtemp(prefix="g4u-meta-"))
+    atexit.register(shutil.rmtree, out, True)  # needed only until the runtime env is uploaded
     code = (
         "import sys; from setuptools import build_meta; "
         "print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))"
