@@ -61,6 +61,7 @@ class KeyStore:
         self._mtime: float | None = None
         self._checked = 0.0
         self._keys: list[bytes] = []
+        self._digests: list[bytes] = []
         self._load()
 
     def _load(self) -> None:
@@ -74,6 +75,7 @@ class KeyStore:
             except OSError as e:  # keep serving with the keys we had; say why without the content
                 logger.warning("API key file %s unreadable: %s", self._file, e.strerror)
         self._keys = [k.encode() for k in dict.fromkeys(keys)]
+        self._digests = [hashlib.sha256(k).digest() for k in self._keys]
         self._checked = time.monotonic()
 
     def _maybe_reload(self) -> None:
@@ -93,12 +95,15 @@ class KeyStore:
         return len(self._keys)
 
     def match(self, presented: str) -> str | None:
-        """Fingerprint of the matching key, or None. Compares against every key (no early exit)."""
+        """Fingerprint of the matching key, or None. Compares against every key (no early exit).
+
+        Digests are compared, not the raw strings, so that the comparison time does not depend on
+        the length of the presented or stored key either."""
         self._maybe_reload()
-        candidate = presented.encode()
+        candidate = hashlib.sha256(presented.encode()).digest()
         found = None
-        for key in self._keys:
-            if hmac.compare_digest(candidate, key) and found is None:
+        for key, digest in zip(self._keys, self._digests):
+            if hmac.compare_digest(candidate, digest) and found is None:
                 found = key
         return fingerprint(found.decode()) if found is not None else None
 

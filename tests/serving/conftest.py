@@ -88,7 +88,9 @@ def media_server(tmp_path_factory):
     server.shutdown()
 
 
-@pytest.fixture(scope="session")
+# Package scope: the app (and its engine) is torn down when tests/serving is done, not at the end of
+# the whole session, so it does not hold CPU and memory while other areas run.
+@pytest.fixture(scope="package")
 def endpoint(tiny_checkpoint, s3_endpoint, ray_local, media_server, tmp_path_factory):
     import boto3
     import requests
