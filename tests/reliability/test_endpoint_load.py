@@ -69,8 +69,7 @@ class Server:
         self.ray_tmp = pathlib.Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
         self.log_path = workdir / "serve.log"
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"), **BASE_ENV,
-               "RAY_TMPDIR": str(self.ray_tmp),
-               "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": int(os.environ.get("TEST_RAY_CPUS", "4"))})}
+               "RAY_TMPDIR": str(self.ray_tmp)}  # the CLI's own Ray defaults, as a user gets them
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serving.app", "--model", str(checkpoint), "--model-id", "gemma-tiny",
              "--device", "cpu", "--port", str(self.port), "--api-keys-file", str(keys_file),
