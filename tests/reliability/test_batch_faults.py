@@ -240,7 +240,9 @@ def kill_runs(tiny_checkpoint, tmp_path_factory):
                     extra=["--batch-size", "2"])
     first = JobProcess(args, _env(), work, "kills-1").start()
     try:
-        _wait_for(lambda: work_files(output, "kills"), JOB_TIMEOUT_S, first, "run 1's first results")
+        # Kill once a finished source is readable in the work area (a file still being written does
+        # not count), so the first run has done some but not all of the work.
+        _wait_for(lambda: _done_in_work_area(output, "kills")[0], JOB_TIMEOUT_S, first, "run 1's first results")
     finally:
         first.kill_driver()
     first_leftovers = first.leftovers()
