@@ -81,26 +81,27 @@ def llm_config(config: ServingConfig):
     )
 
 
-def build_app(args: dict | ServingConfig | None = None, *, ingress_env: dict | None = None):
+def build_app(args: dict):
     """Serve application builder: `serve run serving.app:build_app model=...` or a Serve config's args.
 
-    `ingress_env` (also accepted as an `ingress_env` arg): extra *non-secret* environment variables for
-    the ingress replicas, e.g. AWS_SHARED_CREDENTIALS_FILE pointing at a mounted secret. Never put keys
-    or credentials here: Ray's runtime-env agent logs runtime_env env_vars verbatim.
+    Serve calls builders with exactly one argument, the args dict (`ServingConfig` fields). One extra
+    key, `ingress_env`, adds *non-secret* environment variables to the ingress replicas (e.g.
+    AWS_SHARED_CREDENTIALS_FILE pointing at a mounted secret). Never put keys or credentials there:
+    Ray's runtime-env agent logs runtime_env env_vars verbatim.
     """
+    merged = dict(args or {})
+    ingress_env = merged.pop("ingress_env", None)
+    return build_app_from_config(ServingConfig.model_validate(merged), ingress_env=ingress_env)
+
+
+def build_app_from_config(config: ServingConfig, *, ingress_env: dict | None = None):
+    """The Serve application for a validated config (see `build_app`)."""
     from ray import serve
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.serve.llm import build_llm_deployment
     from ray.serve.llm.ingress import make_fastapi_ingress
 
     from serving.ingress import ENDPOINTS, GuardedOpenAiIngress, build_fastapi_app
-
-    if isinstance(args, ServingConfig):
-        config = args
-    else:
-        merged = dict(args or {})
-        ingress_env = merged.pop("ingress_env", None) or ingress_env
-        config = ServingConfig.model_validate(merged)
 
     model_cfg = llm_config(config)
     model_id = config.served_model_id
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
-        serve.run(build_app(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
+        serve.run(build_app_from_config(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
         print(f"serving {config.served_model_id} at http://{config.host}:{config.port}/v1", flush=True)
         while True:
             time.sleep(3600)

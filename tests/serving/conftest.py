@@ -122,10 +122,10 @@ def endpoint(tiny_checkpoint, s3_endpoint, ray_local, media_server, tmp_path_fac
             # "localhost" allowlisted, 127.0.0.1 not: both name the same loopback media server.
             allowed_media_domains=["localhost"],
             **TEST_LIMITS,
-        ),
-        # Credentials reach the ingress as a file, as on a cluster (a mounted secret): env vars in a
-        # runtime_env would be written to Ray's runtime-env agent log.
-        ingress_env={"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]},
+            # Credentials reach the ingress as a file, as on a cluster (a mounted secret): env vars in a
+            # runtime_env would be written to Ray's runtime-env agent log.
+            ingress_env={"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]},
+        )
     )
     started = time.monotonic()
     serve.run(app, name="serving-test", route_prefix="/", blocking=False)

@@ -67,11 +67,15 @@ def test_config_rejects_unknown_fields_and_normalises():
 def test_builder_makes_ingress_plus_llm_server(tiny_checkpoint):
     """The Serve graph (no cluster needed to build it): our ingress over ray.serve.llm's LLMServer,
     with EngineSettings' engine kwargs, CPU placement and the autoscaling settings."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
     from serving.app import build_app, llm_config
 
     args = dict(model=str(tiny_checkpoint), device="cpu", min_replicas=1, max_replicas=3, target_ongoing_requests=5,
                 allow_unauthenticated=True)
-    app = build_app(args)
+    # Exactly how `serve run serving.app:build_app k=v ...` / a Serve config calls the builder
+    # (string values, one dict argument).
+    app = call_user_app_builder_with_args_if_necessary(build_app, {k: str(v) for k, v in args.items()})
     ingress = app._bound_deployment
     assert ingress.name == "OpenAiIngress"
     assert ingress.ray_actor_options["num_cpus"] == pytest.approx(0.1)
