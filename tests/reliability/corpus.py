@@ -102,7 +102,7 @@ def poster_pdf() -> bytes:
 
 def png_bomb(width: int, height: int) -> bytes:
     """A valid 1-bit PNG of width x height written row by row through zlib, so generating it needs
-    no full-size image in memory (a 40000 x 40000 bomb is ~25 kB on disk, 4.8 GB as RGB)."""
+    no full-size image in memory (a 40000 x 40000 bomb is ~190 kB on disk, 4.8 GB as RGB)."""
     import struct
 
     def chunk(tag: bytes, body: bytes) -> bytes:
@@ -202,7 +202,7 @@ def file_cases(workdir: pathlib.Path, long_audio_s: float) -> list[Case]:
         Case("truncated_jpeg", "truncated.jpg", samples.jpeg_page("cut")[:1500], "error", r"truncated or corrupt"),
         Case("zero_byte", "empty.png", b"", "error", r"empty \(0 bytes\)"),
         Case("decompression_bomb", "bomb.png", png_bomb(40_000, 40_000), "error", r"decompression-bomb guard",
-             what="40000x40000 PNG, 25 kB on disk"),
+             what="40000x40000 PNG, ~190 kB on disk"),
         Case("image_1x1", "dot.png", _image_bytes(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"), "ok",
              check=_one_page((1, 1))),
         Case("image_100000x10", "strip.png", _image_bytes(Image.new("L", (100_000, 10), 200), "PNG"), "error",
