@@ -150,7 +150,9 @@ def server(tiny_checkpoint, tmp_path_factory):
         print(f"\nendpoint ready in {ready_s:.0f} s")
         yield srv
     finally:
-        srv.leftovers = srv.stop()
+        leftovers = srv.stop()
+        shutil.rmtree(srv.ray_tmp, ignore_errors=True)
+    assert not leftovers, f"processes outlived the endpoint's graceful shutdown: {leftovers}"
 
 
 def _chat_body(i: int) -> dict:
