@@ -12,7 +12,7 @@ Same fixed-seed items for every contender (rendered text pages at 480x640 and 8 
 * hf        transformers `generate`, one item at a time (the plain loop people write first).
 
 Greedy decoding with a fixed number of new tokens so all contenders do equal work (checked).
-Prints items/s and the ratios; figures go into docs/batch.md. Not a test: timings on a shared
+Prints items/s and the ratios; figures go into README.md ("Batch pipeline", Benchmark). Not a test: timings on a shared
 machine are noisy, so compare ratios measured in the same run.
 """
 
