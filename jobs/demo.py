@@ -79,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n[demo] sources/ (pandas.read_parquet):")
     print(sources[["source_uri", "status", "modality", "num_segments", "output_tokens", "error"]]
           .assign(source_uri=lambda d: d.source_uri.str.rsplit("/", n=1).str[-1]).to_string(index=False))
+    # What people want to see: the text the model read or heard, per source.
+    print("\n[demo] text per source:")
+    for row in sources.sort_values("source_uri").itertuples():
+        name = row.source_uri.rsplit("/", 1)[-1]
+        shown = row.text if row.status == "ok" else f"<error: {row.error}>"
+        shown = " ".join(str(shown).split())
+        print(f"  {name:14s} {shown[:100] + ('...' if len(shown) > 100 else '')}")
     print("\n[demo] segments/:")
     print(segments[["source_uri", "segment_index", "page", "start_s", "end_s", "output_tokens"]]
           .assign(source_uri=lambda d: d.source_uri.str.rsplit("/", n=1).str[-1]).to_string(index=False))
