@@ -168,3 +168,20 @@ def read_summaries(output: pathlib.Path) -> list[dict]:
 
 def work_files(output: pathlib.Path, run_id: str) -> list[pathlib.Path]:
     return sorted((pathlib.Path(output) / "_work" / run_id / "segments").rglob("*.parquet"))
+
+
+def scan_files(paths, needles: list[str]) -> tuple[int, list[str]]:
+    """Read every regular file among `paths`; return (files scanned, "needle in path" hits)."""
+    scanned, hits = 0, []
+    encoded = [n.encode() for n in needles]
+    for path in map(pathlib.Path, paths):
+        if not path.is_file() or path.is_symlink() or path.suffix == ".sock":
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        scanned += 1
+        hits += [f"{needle[:4].decode()}... in {path}" for needle in encoded if needle in data]
+    return scanned, hits
+

@@ -31,7 +31,7 @@ from jobs import samples
 from tests.reliability import corpus
 from tests.reliability.faultproxy import FaultPlan, FaultProxy
 from tests.reliability.figures import report
-from tests.reliability.jobrunner import JobProcess, job_args, read_summaries, read_table, work_files
+from tests.reliability.jobrunner import JobProcess, job_args, read_summaries, read_table, scan_files, work_files
 
 pytestmark = pytest.mark.reliability
 
@@ -167,17 +167,8 @@ def test_corpus_job_memory_is_bounded(corpus_run):
 def test_credentials_never_appear_in_logs_summaries_or_outputs(corpus_run):
     run = corpus_run
     places = [run["job"].log_path, *run["output"].rglob("*"), *pathlib.Path(run["job"].ray_tmp).rglob("*")]
-    scanned = 0
-    for path in places:
-        if not path.is_file() or path.is_symlink() or path.suffix in (".sock",):
-            continue
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        scanned += 1
-        for secret in run["secrets"]:
-            assert secret.encode() not in data, f"credential found in {path}"
+    scanned, hits = scan_files(places, run["secrets"])
+    assert not hits, f"credential found: {hits}"
     assert scanned > 10  # the Ray logs were there to scan
     report("secrets_scan", files_scanned=scanned, credentials_found=0)
 

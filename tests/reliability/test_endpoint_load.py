@@ -39,7 +39,7 @@ import requests
 
 from tests.conftest import free_port
 from tests.reliability.figures import report
-from tests.reliability.jobrunner import BASE_ENV
+from tests.reliability.jobrunner import BASE_ENV, scan_files
 
 pytestmark = pytest.mark.reliability
 
@@ -285,16 +285,7 @@ def test_abuse_requests_get_the_right_4xx(server):
 def test_api_keys_never_logged(server):
     # After load and abuse: every log file of the run (driver and every Ray/Serve/vLLM process).
     files = [server.log_path, *pathlib.Path(server.ray_tmp).rglob("*")]
-    scanned = 0
-    for path in files:
-        if not path.is_file() or path.is_symlink():
-            continue
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        scanned += 1
-        for key in [*server.keys, server.wrong_key]:
-            assert key.encode() not in data, f"API key found in {path}"
+    scanned, hits = scan_files(files, [*server.keys, server.wrong_key])
+    assert not hits, f"API key found: {hits}"
     assert scanned > 10
     report("endpoint_secrets_scan", files_scanned=scanned, keys_found=0)
