@@ -68,12 +68,17 @@ class EngineSettings:
             return self.dtype
         return "float32" if self.resolved_device() == "cpu" else "bfloat16"
 
+    def checkpoint_config(self) -> dict | None:
+        """The checkpoint's config.json (None when the model is not a local directory)."""
+        config = pathlib.Path(self.model) / "config.json"
+        return json.loads(config.read_text()) if config.is_file() else None
+
     def architecture_override(self) -> dict | None:
         """Point checkpoints that name upstream's architecture at the project's class."""
-        config = pathlib.Path(self.model) / "config.json"
-        if not config.is_file():
+        config = self.checkpoint_config()
+        if config is None:
             return {"architectures": [ARCHITECTURE]}
-        archs = json.loads(config.read_text()).get("architectures") or []
+        archs = config.get("architectures") or []
         if archs == [ARCHITECTURE]:
             return None
         if archs and archs != [UPSTREAM_ARCHITECTURE]:
@@ -82,10 +87,10 @@ class EngineSettings:
 
     def bidirectional_vision(self) -> bool | None:
         """Whether image tokens attend bidirectionally (None: no local config to read)."""
-        config = pathlib.Path(self.model) / "config.json"
-        if not config.is_file():
+        config = self.checkpoint_config()
+        if config is None:
             return None
-        text = json.loads(config.read_text()).get("text_config") or {}
+        text = config.get("text_config") or {}
         # transformers' default for Gemma 4 Unified is "vision" when the key is absent.
         return text.get("use_bidirectional_attention", "vision") == "vision"
 
