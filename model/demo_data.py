@@ -297,17 +297,21 @@ def write_audio_bank(
     n_phrases: int,
     words: bool = False,
     exclude: set[str] | frozenset[str] = frozenset(),
+    threads: int = 1,
 ) -> pathlib.Path:
     """Synthesize clips into OUT_DIR/bank.flac (all clips back to back, 16-bit) + bank.json
     (text, voice, offset, length per clip). `words=True` adds every digit/phrase word alone in
-    every voice (material for concatenation augmentation). Texts in `exclude` are not used."""
+    every voice (material for concatenation augmentation). Texts in `exclude` are not used.
+    The clips depend on `seed` alone; `threads` runs that many espeak-ng processes at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import soundfile as sf
 
     rng = np.random.default_rng(seed)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items: list[tuple[str, str, dict]] = []
-    while sum(kind == "digits" for kind, _, _ in items) < n_digits:
+    while len(items) < n_digits:
         text = random_digits(rng)
         if text not in exclude:
             items.append(("digits", text, random_voice(rng)))
@@ -319,10 +323,10 @@ def write_audio_bank(
                 for speed in (130, 160, 190):
                     for d in range(10):
                         items.append(("word", str(d), dict(voice=voice + variant, speed=speed, pitch=50)))
-    clips, index, offset = [], [], 0
-    for kind, text, v in items:
-        audio = synthesize(text, **v)
-        clips.append(audio)
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # espeak-ng runs as a subprocess: threads suffice
+        clips = list(pool.map(lambda item: synthesize(item[1], **item[2]), items))
+    index, offset = [], 0
+    for (kind, text, v), audio in zip(items, clips):
         index.append(dict(kind=kind, text=text, offset=offset, length=len(audio), **v))
         offset += len(audio)
     sf.write(out / "bank.flac", np.concatenate(clips), SAMPLE_RATE, subtype="PCM_16")
@@ -362,10 +366,12 @@ def augment_audio(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(audio, -1, 1).astype(np.float32)
 
 
-def concat_digit_words(word_clips: dict[str, list[np.ndarray]], rng: np.random.Generator) -> tuple[np.ndarray, str]:
+def concat_digit_words(
+    word_clips: dict[str, list[np.ndarray]], rng: np.random.Generator, max_len: int = 8
+) -> tuple[np.ndarray, str]:
     """A digit string built from single-word clips of one voice with short pauses between them:
     unlimited extra digit strings on top of the fully synthesized ones in the bank."""
-    text = random_digits(rng)
+    text = random_digits(rng, min(3, max_len), max_len)
     voice_idx = int(rng.integers(len(word_clips["0"])))
     pieces = []
     for d in text.split():

@@ -1,16 +1,19 @@
 """Train the demo model: a small Gemma 4 Unified that reads rendered text and transcribes spoken digits.
 
-    python -m model.train_demo OUT_DIR [--seed 0] [--steps 6000] [--max-minutes 60] [--eval-bank DIR]
+    python -m model.train_demo OUT_DIR [--seed 0] [--steps N] [--eval-bank DIR]
 
 Same transformers classes as the real model (`Gemma4UnifiedForConditionalGeneration`), the tiny
 checkpoint's tokenizer/processor/chat template (model/tiny.py), a larger config, bidirectional
-vision off (the CPU attention backend cannot compute that mask). Data comes from model/demo_data.py,
-generated on the fly in DataLoader workers: rendered text lines and espeak-ng speech
-(synthesized on the fly when espeak-ng runs here, else read from `--audio-bank`).
+vision off (causal everywhere, so every vLLM attention backend computes it exactly as trained, without
+the CPU mm-prefix path of model/cpu_bidirectional.py). Data comes from model/demo_data.py,
+generated in DataLoader workers: text lines rendered on the fly, and espeak-ng speech from a bank
+synthesized once at the start (or given with `--audio-bank`), augmented on the fly.
 
-Runs on CUDA when torch sees a GPU (bf16 autocast), else on CPU (float32). Deterministic for a
-seed on a given device and worker count. Prints progress and, at the end, held-out scores: CER on
-rendered lines and WER on spoken digit strings, drawn from unseen seeds and texts.
+Runs on CUDA when torch sees a GPU, else on CPU; bfloat16 autocast where the hardware has it (CUDA,
+CPUs with AVX-512 BF16 or AMX), float32 otherwise. The defaults are one run sized for 2 CPU cores and
+about an hour. Deterministic for a seed on a given device, thread count and worker count: the
+learning-rate schedule follows the step count, never the clock. Prints progress and, at the end,
+held-out scores: CER on rendered lines and WER on spoken digit strings, drawn from unseen seeds and texts.
 """
 
 from __future__ import annotations
@@ -28,13 +31,9 @@ import torch
 
 from model import demo_data, tiny
 
-# The demo model: 8.6 M parameters (17 MB in bfloat16).
-TEXT_OVERRIDES = dict(
-    hidden_size=256,
-    intermediate_size=1024,
-    num_hidden_layers=6,
-    num_attention_heads=4,
-    num_key_value_heads=2,
+# Decoder sizes (--size). "base" (8.6 M parameters, 17 MB in bfloat16) is the shipped checkpoint's;
+# "small" (5.3 M) is the default, sized for one run of about an hour on 2 CPU cores.
+TEXT_COMMON = dict(
     head_dim=64,
     global_head_dim=64,
     layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
@@ -42,37 +41,52 @@ TEXT_OVERRIDES = dict(
     sliding_window=512,
     initializer_range=0.02,
 )
-VISION_OVERRIDES = dict(mm_embed_dim=256, output_proj_dims=256, initializer_range=0.02)
+SIZES = {
+    "small": dict(hidden_size=192, intermediate_size=768, num_hidden_layers=6, num_attention_heads=3, num_key_value_heads=1),
+    "base": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2),
+}
 
 # Image budget of the demo checkpoint: a rendered line (demo_data.LINE_ASPECT) is one patch row.
 DEMO_MAX_SOFT_TOKENS = 70
 EVAL_IMAGE_SEED_OFFSET = 1_000_003  # held-out images come from a seed stream training never uses
+TRAIN_BANK_SEED_OFFSET = 1_000_033  # the training speech bank's seed: seed + this (never EVAL_BANK_SEED)
+EVAL_BANK_SEED = 7  # held-out speech: `python -m model.demo_data bank DIR --seed 7 --digits 200 --phrases 0`
 
 
 @dataclasses.dataclass
 class TrainConfig:
     out_dir: str
     seed: int = 0
-    steps: int = 6000
-    batch_size: int = 32
+    size: str = "small"  # a key of SIZES
+    steps: int = 16000
+    batch_size: int = 8
     lr: float = 1.5e-3
-    warmup: int = 300
+    warmup: int = 200
     weight_decay: float = 0.01
-    max_minutes: float = 60.0
+    max_minutes: float = 0.0  # safety stop (0: none); the schedule follows the steps regardless
     workers: int = 2
-    audio_bank: str | None = None
+    audio_bank: str | None = None  # a speech bank to train on (else one is synthesized: needs espeak-ng)
+    bank_digits: int = 5000  # digit-string clips in the synthesized bank (plus 1/6 as many phrases)
     init_from: str | None = None  # continue from a checkpoint's weights (same config)
     eval_bank: str | None = None
     eval_images: int = 200
     eval_clips: int = 200
     eval_every: int = 0
     save_dtype: str = "bfloat16"
-    image_fraction: float = 0.5  # share of training steps that are image batches
+    image_fraction: float = 0.65  # share of training steps that are image batches
+    # Share of each modality's batches over which the longest line (12 -> 42 characters) and digit
+    # string (3 -> 8 digits) grow to full length: short inputs first, so the model finds the
+    # output-to-patch/frame alignment sooner. 0 turns it off.
+    curriculum: float = 0.25
     device: str = "auto"
+    precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 autocast where the hardware runs it natively)
 
 
-def build_demo_config():
-    config = tiny.build_config(False, text_overrides=TEXT_OVERRIDES, vision_overrides=VISION_OVERRIDES)
+def build_demo_config(size: str = "small"):
+    text = dict(TEXT_COMMON, **SIZES[size])
+    dim = text["hidden_size"]
+    vision = dict(mm_embed_dim=dim, output_proj_dims=dim, initializer_range=0.02)
+    config = tiny.build_config(False, text_overrides=text, vision_overrides=vision)
     config.vision_config.num_soft_tokens = DEMO_MAX_SOFT_TOKENS  # vLLM's default image budget
     return config
 
@@ -106,64 +120,91 @@ class SampleStream(torch.utils.data.IterableDataset):
 
     paragraph_prob = 0.0  # lines only: paragraphs need several patch rows (see README.md, "Demo model")
 
-    def __init__(self, checkpoint_dir: str, modality: str, seed: int, exclude: frozenset[str], audio_bank: str | None):
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        modality: str,
+        seed: int,
+        exclude: frozenset[str],
+        audio_bank: str | None,
+        batch_size: int = 1,
+        ramp_batches: int = 0,
+    ):
         super().__init__()
         self.checkpoint_dir = checkpoint_dir
         self.modality = modality
         self.seed = seed
         self.exclude = exclude
         self.audio_bank = audio_bank
+        self.batch_size = batch_size
+        self.ramp_batches = ramp_batches
 
     def __iter__(self):
         from transformers import AutoProcessor
 
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
+        n_workers = info.num_workers if info is not None else 1
         rng = np.random.default_rng([self.seed, worker, 0 if self.modality == "image" else 1])
         processor = AutoProcessor.from_pretrained(self.checkpoint_dir)
         eot = tiny.TOKEN_ID["<end_of_turn>"]
         make = self._image if self.modality == "image" else self._audio_maker(rng)
+        produced = 0
         while True:
-            media, target, prompt = make(rng)
+            # The DataLoader hands out whole batches round-robin over its workers, so this worker's
+            # k-th batch is the loader's batch k * n_workers + worker: the curriculum is deterministic.
+            batch_index = (produced // self.batch_size) * n_workers + worker
+            length = min(1.0, batch_index / self.ramp_batches) if self.ramp_batches else 1.0
+            media, target, prompt = make(rng, length)
             if target in self.exclude:
                 continue
             enc = encode_prompt(processor, prompt, self.modality, media, rng)
             target_ids = processor.tokenizer(target, add_special_tokens=False)["input_ids"] + [eot]
+            produced += 1
             yield enc, np.asarray(target_ids, dtype=np.int64)
 
-    def _image(self, rng):
-        text = demo_data.random_text(rng, paragraph_prob=self.paragraph_prob)
+    def _image(self, rng, length: float = 1.0):
+        if self.paragraph_prob:
+            text = demo_data.random_text(rng, paragraph_prob=self.paragraph_prob)
+        else:
+            text = demo_data.random_line(rng, max_chars=round(12 + 30 * length))
         img = demo_data.render_text(text, rng)
         prompts = demo_data.DOCUMENT_PROMPT_VARIANTS
         prompt = prompts[0] if rng.random() < 0.5 else prompts[rng.integers(len(prompts))]
         return img, text, prompt
 
     def _audio_maker(self, rng):
-        bank = None
-        words = None
-        if not demo_data.espeak_available():
-            if not self.audio_bank:
-                raise RuntimeError("espeak-ng is not installed and no --audio-bank was given")
-            bank = [c for c in demo_data.read_audio_bank(self.audio_bank) if c["kind"] != "word"]
-        else:
-            # Single digit words per voice, for concatenated strings (cheap extra variety).
-            wrng = np.random.default_rng(int(rng.integers(1 << 31)))
-            voices = [demo_data.random_voice(wrng) for _ in range(6)]
-            words = {str(d): [demo_data.synthesize(str(d), **v) for v in voices] for d in range(10)}
+        # Speech comes from a pre-synthesized bank (train() writes one unless --audio-bank is given):
+        # espeak-ng costs about 15 ms a clip, which on 2 cores would take CPU from training. Each
+        # clip is drawn many times, never twice alike (augment_audio), and 15 % of samples are new
+        # digit strings spliced from the bank's single-word clips.
+        clips = demo_data.read_audio_bank(self.audio_bank)
+        by_length: dict[int, list[dict]] = {}
+        for c in clips:
+            if c["kind"] == "digits":
+                by_length.setdefault(len(c["text"].split()), []).append(c)
+        phrases = [c for c in clips if c["kind"] == "phrase"]
+        words: dict[str, list[np.ndarray]] = {}
+        for c in clips:  # one list per digit, in the bank's (voice, speed) order for every digit
+            if c["kind"] == "word":
+                words.setdefault(c["text"], []).append(c["audio"])
+        lengths = sorted(by_length)
         prompts = demo_data.TRANSCRIBE_PROMPT_VARIANTS
 
-        def make(rng):
+        def make(rng, length: float = 1.0):
+            max_digits = round(3 + 5 * length)
             prompt = prompts[0] if rng.random() < 0.5 else prompts[rng.integers(len(prompts))]
-            if bank is not None:
-                clip = bank[rng.integers(len(bank))]
+            r = rng.random()
+            if r < 0.15 and words:
+                audio, text = demo_data.concat_digit_words(words, rng, max_digits)
+            elif r < 0.85 or not phrases:
+                allowed = [n for n in lengths if n <= max_digits] or lengths[:1]
+                pool = by_length[allowed[rng.integers(len(allowed))]]
+                clip = pool[rng.integers(len(pool))]
                 audio, text = clip["audio"], clip["text"]
             else:
-                r = rng.random()
-                if r < 0.15:
-                    audio, text = demo_data.concat_digit_words(words, rng)
-                else:
-                    text = demo_data.random_digits(rng) if r < 0.85 else demo_data.random_phrase(rng)
-                    audio = demo_data.synthesize(text, **demo_data.random_voice(rng))
+                clip = phrases[rng.integers(len(phrases))]
+                audio, text = clip["audio"], clip["text"]
             return demo_data.augment_audio(audio, rng), text, prompt
 
         return make
@@ -233,7 +274,7 @@ def greedy_read(model, processor, modality: str, media_items: list, device, max_
     kwargs = {"images": [[m] for m in media_items]} if modality == "image" else {"audio": media_items}
     enc = processor(text=[text] * len(media_items), padding=True, return_tensors="pt", **kwargs)
     enc = {k: v.to(device) for k, v in enc.items() if hasattr(v, "to")}
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[:, enc["input_ids"].shape[1] :]
     return [s.strip() for s in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
@@ -264,13 +305,14 @@ def evaluate(model, processor, device, images, audio_clips, batch: int = 32, sho
     return scores
 
 
-def _autocast(device):
-    import contextlib
-
-
+def use_bf16(device: torch.device, precision: str) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return True
+    # oneDNN runs bfloat16 matmuls natively only with AVX-512 BF16 or AMX (about twice float32's speed
+    # here); elsewhere it emulates them, slower than float32.
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +331,9 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    config = build_demo_config()
+    if cfg.size not in SIZES:
+        raise ValueError(f"--size must be one of {sorted(SIZES)}, not {cfg.size!r}")
+    config = build_demo_config(cfg.size)
     if cfg.init_from:
         model = Gemma4UnifiedForConditionalGeneration.from_pretrained(cfg.init_from, dtype=torch.float32).to(device)
         model.config.vision_config.num_soft_tokens = config.vision_config.num_soft_tokens
@@ -302,14 +346,33 @@ def train(cfg: TrainConfig) -> dict:
     build_demo_processor().save_pretrained(proc_dir)
     processor = AutoProcessor.from_pretrained(proc_dir)
 
+    eval_bank = cfg.eval_bank
+    if eval_bank is None and cfg.eval_clips and demo_data.espeak_available():
+        # The held-out speech of model.demo --evaluate: its own seed, its texts excluded from training.
+        eval_bank = demo_data.write_audio_bank(out / "eval_bank", seed=EVAL_BANK_SEED, n_digits=cfg.eval_clips, n_phrases=0)
     eval_audio = []
-    if cfg.eval_bank:
-        eval_audio = [c for c in demo_data.read_audio_bank(cfg.eval_bank) if c["kind"] == "digits"][: cfg.eval_clips]
+    if eval_bank:
+        eval_audio = [c for c in demo_data.read_audio_bank(eval_bank) if c["kind"] == "digits"][: cfg.eval_clips]
     eval_images = eval_image_set(cfg.eval_images, cfg.seed)
     exclude = frozenset([c["text"] for c in eval_audio] + [t for _, t in eval_images])
+    audio_bank = cfg.audio_bank
+    if audio_bank is None:
+        bank_start = time.time()
+        audio_bank = demo_data.write_audio_bank(
+            out / "train_bank",
+            seed=cfg.seed + TRAIN_BANK_SEED_OFFSET,
+            n_digits=cfg.bank_digits,
+            n_phrases=cfg.bank_digits // 6,
+            words=True,
+            exclude=exclude,
+            threads=max(1, cfg.workers),
+        )
+        print(f"synthesized the training speech bank in {time.time() - bank_start:.0f} s", flush=True)
 
     def loader(modality: str, stream_seed: int, workers: int):
-        ds = SampleStream(str(proc_dir), modality, stream_seed, exclude, cfg.audio_bank)
+        share = cfg.image_fraction if modality == "image" else 1 - cfg.image_fraction
+        ramp = int(cfg.curriculum * cfg.steps * share)
+        ds = SampleStream(str(proc_dir), modality, stream_seed, exclude, str(audio_bank), cfg.batch_size, ramp)
         return iter(
             torch.utils.data.DataLoader(
                 ds,
@@ -335,32 +398,33 @@ def train(cfg: TrainConfig) -> dict:
         fused=device.type == "cuda",
     )
 
-    # Cosine decay over whichever runs out first, the steps or the time budget, so a time-limited
-    # run still ends at a low learning rate. (Time-based progress makes the step count vary with
-    # the machine's speed; with a generous --max-minutes the run is step-deterministic.)
-    train_start = time.time()
-    deadline = t0 + cfg.max_minutes * 60
+    bf16 = use_bf16(device, cfg.precision)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    print(f"torch threads={torch.get_num_threads()} workers={cfg.workers} bf16 autocast={bf16}", flush=True)
+    deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
 
     def lr_at(step: int) -> float:
+        # Linear warm-up, then cosine decay to 3 % over the steps (never the clock: deterministic).
         if step < cfg.warmup:
             return cfg.lr * (step + 1) / cfg.warmup
-        by_steps = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        by_time = (time.time() - train_start) / max(1.0, deadline - train_start)
-        progress = min(1.0, max(by_steps, by_time))
+        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
         return cfg.lr * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     model.train()
     losses = {"image": [], "audio": []}
+    data_wait = 0.0  # seconds the loop waited for the DataLoader workers
     step = 0
     for step in range(cfg.steps):
         # Deterministic interleaving with the requested share of image batches.
         modality = "image" if int((step + 1) * cfg.image_fraction) > int(step * cfg.image_fraction) else "audio"
+        wait_start = time.time()
         batch = next(images if modality == "image" else audio)
+        data_wait += time.time() - wait_start
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         label_mask = batch.pop("label_mask")
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        with _autocast(device):
+        with autocast:
             logits = model(**batch).logits
         # next-token loss on the target tokens only
         logits = logits[:, :-1].float()
@@ -376,13 +440,13 @@ def train(cfg: TrainConfig) -> dict:
             elapsed = time.time() - t0
             print(
                 f"step {step + 1}/{cfg.steps} loss image={np.mean(losses['image'][-50:]):.3f} "
-                f"audio={np.mean(losses['audio'][-50:]):.3f} lr={lr_at(step):.2e} {elapsed / 60:.1f} min",
+                f"audio={np.mean(losses['audio'][-50:]):.3f} lr={lr_at(step):.2e} {elapsed / 60:.1f} min (data wait {data_wait / 60:.1f} min)",
                 flush=True,
             )
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
             print(f"eval @ {step + 1}: {evaluate(model, processor, device, eval_images[:64], eval_audio[:64])}", flush=True)
         if time.time() > deadline:
-            print(f"time limit reached after {step + 1} steps", flush=True)
+            print(f"--max-minutes reached after {step + 1} of {cfg.steps} steps: stopping early", flush=True)
             break
     train_minutes = (time.time() - t0) / 60
 
@@ -398,9 +462,16 @@ def train(cfg: TrainConfig) -> dict:
         steps=step + 1,
         train_minutes=round(train_minutes, 2),
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        size=cfg.size,
         params=n_params,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        image_fraction=cfg.image_fraction,
+        curriculum=cfg.curriculum,
+        bf16_autocast=bf16,
+        torch_threads=torch.get_num_threads(),
+        workers=cfg.workers,
         eval_lines=len(eval_images),
         eval_digit_clips=len(eval_audio),
         **scores,
