@@ -125,7 +125,7 @@ def evaluate(checkpoint: pathlib.Path, eval_bank: str | None, lines: int, seed: 
     with tempfile.TemporaryDirectory() as tmp:
         if eval_bank is None:
             # The held-out bank of the shipped checkpoint's report (same seed, same generator).
-            eval_bank = demo_data.write_audio_bank(tmp, seed=7, n_digits=200, n_phrases=0)
+            eval_bank = demo_data.write_audio_bank(tmp, seed=train_demo.EVAL_BANK_SEED, n_digits=200, n_phrases=0)
         clips = [c for c in demo_data.read_audio_bank(eval_bank) if c["kind"] == "digits"]
         images = train_demo.eval_image_set(lines, seed)
         return train_demo.evaluate(model, processor, device, images, clips, batch=16)

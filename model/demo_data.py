@@ -305,11 +305,7 @@ def write_audio_bank(
     The clips depend on `seed` alone; `threads` runs that many espeak-ng processes at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import soundfile as sf
-
     rng = np.random.default_rng(seed)
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     items: list[tuple[str, str, dict]] = []
     while len(items) < n_digits:
         text = random_digits(rng)
@@ -324,12 +320,23 @@ def write_audio_bank(
                     for d in range(10):
                         items.append(("word", str(d), dict(voice=voice + variant, speed=speed, pitch=50)))
     with ThreadPoolExecutor(max(1, threads)) as pool:  # espeak-ng runs as a subprocess: threads suffice
-        clips = list(pool.map(lambda item: synthesize(item[1], **item[2]), items))
+        audio = list(pool.map(lambda item: synthesize(item[1], **item[2]), items))
+    return save_audio_bank(out_dir, [dict(kind=kind, text=text, audio=a, **v) for (kind, text, v), a in zip(items, audio)])
+
+
+def save_audio_bank(out_dir: str | pathlib.Path, clips: list[dict]) -> pathlib.Path:
+    """Write clips (dicts with `audio`, 16 kHz float32, plus `kind`, `text` and any voice fields)
+    as a bank: OUT_DIR/bank.flac (back to back, 16-bit) + bank.json (fields, offset, length)."""
+    import soundfile as sf
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     index, offset = [], 0
-    for (kind, text, v), audio in zip(items, clips):
-        index.append(dict(kind=kind, text=text, offset=offset, length=len(audio), **v))
-        offset += len(audio)
-    sf.write(out / "bank.flac", np.concatenate(clips), SAMPLE_RATE, subtype="PCM_16")
+    for clip in clips:
+        fields = {k: v for k, v in clip.items() if k != "audio"}
+        index.append(dict(fields, offset=offset, length=len(clip["audio"])))
+        offset += len(clip["audio"])
+    sf.write(out / "bank.flac", np.concatenate([c["audio"] for c in clips]), SAMPLE_RATE, subtype="PCM_16")
     (out / "bank.json").write_text(json.dumps(index))
     return out
 

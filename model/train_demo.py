@@ -365,7 +365,7 @@ def train(cfg: TrainConfig) -> dict:
             n_phrases=cfg.bank_digits // 6,
             words=True,
             exclude=exclude,
-            threads=max(1, cfg.workers),
+            threads=cfg.workers,
         )
         print(f"synthesized the training speech bank in {time.time() - bank_start:.0f} s", flush=True)
 

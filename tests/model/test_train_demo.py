@@ -7,12 +7,10 @@ needed); training itself is not run here (about an hour on 2 cores, see README "
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from model import demo, demo_data, train_demo
 from model.media import decode_audio
@@ -20,17 +18,11 @@ from model.media import decode_audio
 
 def write_bank(out: pathlib.Path) -> pathlib.Path:
     """A speech bank in demo_data's format (one FLAC + JSON index) from the shipped clips."""
-    out.mkdir(parents=True)
-    clips, index, offset = [], [], 0
+    clips = []
     for stem, _, voice in demo.SAMPLE_SPEECH:
         text, flac = demo.speech_clip(stem)
-        audio = decode_audio(flac)
-        clips.append(audio)
-        index.append(dict(kind="digits", text=text, offset=offset, length=len(audio), **voice))
-        offset += len(audio)
-    sf.write(out / "bank.flac", np.concatenate(clips), demo_data.SAMPLE_RATE, subtype="PCM_16")
-    (out / "bank.json").write_text(json.dumps(index))
-    return out
+        clips.append(dict(kind="digits", text=text, audio=decode_audio(flac), **voice))
+    return demo_data.save_audio_bank(out, clips)
 
 
 @pytest.fixture(scope="module")
