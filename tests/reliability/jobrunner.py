@@ -73,6 +73,7 @@ class JobProcess:
         self.proc: subprocess.Popen | None = None
         self.peak = MemoryPeak()
         self.pids_seen: set[int] = set()
+        self.exit_s: float | None = None
         self._stop = threading.Event()
 
     def start(self) -> "JobProcess":
@@ -119,8 +120,10 @@ class JobProcess:
         self._stop.set()
 
     def leftovers(self, grace_s: float = 60.0) -> list[str]:
-        """Processes of this run still alive after `grace_s` (Ray's reaper should end them all)."""
-        deadline = time.time() + grace_s
+        """Processes of this run still alive after `grace_s` (Ray's reaper should end them all).
+        `self.exit_s` records how long the last of them took to go."""
+        started = time.time()
+        deadline = started + grace_s
         alive: list[psutil.Process] = []
         while time.time() < deadline:
             alive = []
@@ -133,6 +136,7 @@ class JobProcess:
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
             if not alive:
+                self.exit_s = time.time() - started
                 return []
             time.sleep(1)
         names = [f"{p.pid} {_title(p)}" for p in alive]
