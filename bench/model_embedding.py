@@ -131,7 +131,7 @@ def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def bench_embedding(repeats: int) -> list[dict]:
     from vllm.model_executor.models.gemma4_unified import Gemma4UnifiedForConditionalGeneration as Upstream
 
-    from model.tiny import build_config
+    from model.checkpoints.tiny import build_config
 
     rng = np.random.default_rng(0)
     twelve_b = build_config(
@@ -236,7 +236,7 @@ def main() -> None:
     if args.skip_engine:
         return
 
-    from model.tiny import build
+    from model.checkpoints.tiny import build
 
     print("\n== tiny checkpoint on the vLLM CPU engine (EngineSettings, float32) ==")
     with tempfile.TemporaryDirectory() as tmp:

@@ -48,7 +48,7 @@ def make_items(directory: pathlib.Path, pages: int, clips: int, seed: int) -> li
 
 def build_conversations(paths: list[pathlib.Path]) -> tuple[list[list[dict]], list]:
     """Pre-decoded inputs: chat messages for vLLM and (kind, media) pairs for transformers."""
-    from model import media, prompts
+    from model.inputs import media, prompts
 
     conversations, decoded_items = [], []
     for path in paths:
@@ -123,7 +123,7 @@ def bench_hf(model: str, decoded_items, max_new_tokens: int, limit: int) -> dict
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from model import prompts
+    from model.inputs import prompts
 
     started = time.perf_counter()
     processor = AutoProcessor.from_pretrained(model)

@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-serving-"))
     model = args.model
     if not model:
-        from model.tiny import build
+        from model.checkpoints.tiny import build
 
         model = str(build(work / "tiny"))
     settings = EngineSettings(model=model, device=args.device, max_model_len=args.max_model_len)

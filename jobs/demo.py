@@ -4,9 +4,9 @@
 
 1. writes sample inputs (rendered text pages as PNG/JPEG, a 3-page TIFF and PDF, a short and a
    70 s audio clip, one corrupt PDF) to ./samples/,
-   plus the demo model's own samples (rendered text lines, spoken digit strings: `model.demo`),
-2. uses the demo checkpoint by default (`model.demo.path()`: a small Gemma 4 Unified the project
-   trains itself, shipped in model/demo_checkpoint/; pass --model for a real one),
+   plus the demo model's own samples (rendered text lines, spoken digit strings: `model.checkpoints.demo`),
+2. uses the demo checkpoint by default (`model.checkpoints.demo.path()`: a small Gemma 4 Unified the project
+   trains itself, shipped in model/checkpoints/demo_checkpoint/; pass --model for a real one),
 3. runs the batch job (`jobs.pipeline.run_job`) and prints the run summary, where the tables are
    and a preview read back with pandas.
 
@@ -25,14 +25,14 @@ TINY_MODEL = pathlib.Path(".cache/tiny-gemma4-unified")  # random weights, built
 
 def ensure_model(path: pathlib.Path | None) -> pathlib.Path:
     if path is None:
-        from model.demo import path as demo_checkpoint
+        from model.checkpoints.demo import path as demo_checkpoint
 
         return demo_checkpoint()
     if (path / "config.json").is_file():
         return path
     if path != TINY_MODEL:
         raise SystemExit(f"no checkpoint at {path} (config.json missing)")
-    from model.tiny import build
+    from model.checkpoints.tiny import build
 
     print(f"[demo] building the tiny checkpoint in {path} ...", flush=True)
     return pathlib.Path(build(path, seed=0))
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.samples import write_demo_inputs
 
     files = write_demo_inputs(args.inputs)
-    from model.demo import write_samples
+    from model.checkpoints.demo import write_samples
 
     files.update({name: f"demo-model sample: {text!r}" for name, text in write_samples(args.inputs).items()})
     print(f"[demo] sample inputs in {args.inputs}/:")

@@ -14,7 +14,7 @@ import yaml
 from connectors.sources import ParquetColumns
 from connectors.storage import StorageConfig
 from model.engine import EngineSettings
-from model.media import MediaLimits
+from model.inputs.media import MediaLimits
 
 
 @dataclasses.dataclass

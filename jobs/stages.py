@@ -6,7 +6,7 @@ Pure functions over plain dict rows so they can be unit-tested without Ray and r
 Row shapes:
 * source row  (read):   source_id, source_uri, source_row, name, data, prompt, load_error
 * request row (decode+prompt): one per page / audio chunk, or one error row per bad source
-  (segment_index = -1); carries `messages_json`, the OpenAI chat messages from `model.prompts`
+  (segment_index = -1); carries `messages_json`, the OpenAI chat messages from `model.inputs.prompts`
 * work row    (after infer): the segment result, written to the run's work area (resume state)
 * output rows (assemble): `sources/` and `segments/` tables, see SOURCE_SCHEMA / SEGMENT_SCHEMA
 """
@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from connectors.sources import ParquetColumns, file_source, iter_parquet_sources
 from connectors.storage import StorageConfig, StorageError, read_bytes
-from model import audio_chunks, media, prompts
+from model.inputs import audio_chunks, media, prompts
 
 ERROR_SEGMENT = -1  # segment_index of a source that failed before it had segments
 

@@ -12,7 +12,7 @@ Extension points used (all public in `ray.serve.llm`):
 
 `/v1/audio/transcriptions` is ours: vLLM's transcription endpoint targets Whisper-style models, while
 this model transcribes through a chat prompt and only sees 30 s per clip. It decodes, chunks, prompts
-and stitches with the same `model.media` / `model.audio_chunks` / `model.prompts` code as the batch
+and stitches with the same `model.inputs.media` / `model.inputs.audio_chunks` / `model.inputs.prompts` code as the batch
 pipeline, and sends each chunk through the same LLMServer handle as chat.
 """
 

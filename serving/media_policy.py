@@ -1,7 +1,7 @@
 """Which media a chat request may carry, where it may come from, and how big it may be.
 
 Every image/audio content part is resolved to bytes by the ingress under an explicit policy, decoded
-with `model.media` (the batch pipeline's decoder), checked against the limits, and re-encoded losslessly
+with `model.inputs.media` (the batch pipeline's decoder), checked against the limits, and re-encoded losslessly
 (PNG / float32 WAV, 16 kHz mono) into a data URL. vLLM then never fetches anything itself and sees
 exactly the pixels and samples the batch pipeline would give it for the same file, so online and batch
 answers match token for token.
@@ -25,7 +25,7 @@ import base64
 import binascii
 import urllib.parse
 
-from model.media import MediaError, MediaLimits, audio_to_wav_bytes, decode_audio, decode_images, image_to_png_bytes
+from model.inputs.media import MediaError, MediaLimits, audio_to_wav_bytes, decode_audio, decode_images, image_to_png_bytes
 from serving.config import ServingConfig
 from serving.errors import RequestError
 

@@ -1,11 +1,11 @@
 """POST /v1/audio/transcriptions: OpenAI's multipart upload, any length, chunked and stitched like batch.
 
-decode (`model.media.decode_audio`: any soundfile format -> 16 kHz mono float32)
--> chunk (`model.audio_chunks.split_audio`: 30 s windows with overlap, exact frame boundaries)
--> prompt (`model.prompts.messages_for_item(task, "audio", audio=...)`)
+decode (`model.inputs.media.decode_audio`: any soundfile format -> 16 kHz mono float32)
+-> chunk (`model.inputs.audio_chunks.split_audio`: 30 s windows with overlap, exact frame boundaries)
+-> prompt (`model.inputs.prompts.messages_for_item(task, "audio", audio=...)`)
 -> infer (one greedy chat call per chunk through the LLMServer handle; chunks run concurrently so the
    engine batches them)
--> stitch (`model.audio_chunks.stitch`) -> json / text / verbose_json (one segment per chunk, with
+-> stitch (`model.inputs.audio_chunks.stitch`) -> json / text / verbose_json (one segment per chunk, with
    start/end seconds).
 
 The form's `prompt` is used as the task, like the batch pipeline's `--task`: empty means "transcribe".
@@ -21,8 +21,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from model import audio_chunks, prompts
-from model.media import MediaError, MediaLimits, decode_audio
+from model.inputs import audio_chunks, prompts
+from model.inputs.media import MediaError, MediaLimits, decode_audio
 from serving.errors import RequestError
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
     """Tiny Gemma 4 Unified, bidirectional vision off (faithful on the CPU backend)."""
-    from model.tiny import build
+    from model.checkpoints.tiny import build
 
     return build(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
 
@@ -31,7 +31,7 @@ def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint_bidi(tmp_path_factory) -> pathlib.Path:
     """Tiny Gemma 4 Unified with use_bidirectional_attention="vision" (the real checkpoint's setting)."""
-    from model.tiny import build
+    from model.checkpoints.tiny import build
 
     return build(tmp_path_factory.mktemp("ckpt") / "tiny_bidi", bidirectional_vision=True, seed=0)
 

@@ -1,11 +1,11 @@
-"""model.audio_chunks: chunk plans fit the model's window; stitching removes only repeated words."""
+"""model.inputs.audio_chunks: chunk plans fit the model's window; stitching removes only repeated words."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from model.audio_chunks import (
+from model.inputs.audio_chunks import (
     MAX_FRAMES,
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,

@@ -1,4 +1,4 @@
-"""model.media: real encoders (Pillow, pypdfium2, soundfile) produce the inputs; no engine."""
+"""model.inputs.media: real encoders (Pillow, pypdfium2, soundfile) produce the inputs; no engine."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.media import MediaError, MediaLimits, decode, sniff_kind, to_rgb
+from model.inputs.media import MediaError, MediaLimits, decode, sniff_kind, to_rgb
 from jobs import samples
 
 

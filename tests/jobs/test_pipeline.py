@@ -17,7 +17,7 @@ from connectors.storage import StorageConfig
 from jobs import samples
 from jobs.pipeline import run_job
 from jobs.spec import JobSpec
-from model import media, prompts
+from model.inputs import media, prompts
 
 RUN_DATE = "2026-11-22"
 CUSTOM_PROMPT = "List every number on the page, one per line, with the words that label it."

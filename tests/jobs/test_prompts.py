@@ -1,4 +1,4 @@
-"""model.prompts: task resolution and OpenAI content parts that round-trip losslessly."""
+"""model.inputs.prompts: task resolution and OpenAI content parts that round-trip losslessly."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import soundfile as sf
 from PIL import Image
 
 from jobs import samples
-from model.prompts import (
+from model.inputs.prompts import (
     DOCUMENT_PROMPT,
     TRANSCRIBE_PROMPT,
     count_media,

@@ -11,7 +11,7 @@ from connectors.sources import ParquetColumns, file_source
 from connectors.storage import StorageConfig
 from jobs import samples, stages
 from jobs.pipeline import resume_state
-from model.media import MediaLimits
+from model.inputs.media import MediaLimits
 
 
 def ctx(**kw) -> stages.StageContext:

@@ -2,7 +2,7 @@
 (real vLLM CPU engine, one start for the module) and the pipeline's own prompts and media decoding.
 
 The known inputs: text lines rendered with Pillow's built-in font (no system font needed) and
-digit strings spoken by espeak-ng, shipped as FLAC in model/demo_assets/ (no espeak-ng needed).
+digit strings spoken by espeak-ng, shipped as FLAC in model/checkpoints/demo_assets/ (no espeak-ng needed).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from model import demo, demo_data
-from model.media import decode_audio
-from model.prompts import messages_for_item
+from model.checkpoints import demo, demo_data
+from model.inputs.media import decode_audio
+from model.inputs.prompts import messages_for_item
 from model.registration import ARCHITECTURE
 
 
@@ -46,7 +46,7 @@ def read(llm, messages: list[list[dict]]) -> list[str]:
 
 
 def test_path_prints_the_shipped_checkpoint():
-    out = subprocess.run([sys.executable, "-m", "model.demo", "--path"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "model.checkpoints.demo", "--path"], capture_output=True, text=True, check=True)
     path = out.stdout.strip()
     assert path == str(demo.SHIPPED)
     config = json.loads((demo.SHIPPED / "config.json").read_text())

@@ -1,7 +1,7 @@
-"""The demo recipe's speech stream (model/train_demo.py): deterministic for a seed, short digit
+"""The demo recipe's speech stream (model/checkpoints/train_demo.py): deterministic for a seed, short digit
 strings first (the length curriculum), held-out texts never drawn.
 
-The bank is made of the two real spoken digit strings shipped in model/demo_assets/ (no espeak-ng
+The bank is made of the two real spoken digit strings shipped in model/checkpoints/demo_assets/ (no espeak-ng
 needed); training itself is not run here (about an hour on 2 cores, see README "Demo model").
 """
 
@@ -12,8 +12,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from model import demo, demo_data, train_demo
-from model.media import decode_audio
+from model.checkpoints import demo, demo_data, train_demo
+from model.inputs.media import decode_audio
 
 
 def write_bank(out: pathlib.Path) -> pathlib.Path:

@@ -32,7 +32,7 @@ class Case:
     expect: str  # "ok" | "error"
     message: str | None = None  # regex the error message must match (expect == "error")
     what: str = ""
-    check: Callable | None = None  # check(decoded: model.media.Decoded) for expect == "ok"
+    check: Callable | None = None  # check(decoded: model.inputs.media.Decoded) for expect == "ok"
     path: pathlib.Path | None = None
 
     def payload(self) -> bytes:

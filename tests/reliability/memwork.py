@@ -6,8 +6,8 @@ import pathlib
 
 
 def decode_file(path: str, name: str) -> dict:
-    """model.media.decode on the file's bytes, as the pipeline and the endpoint call it."""
-    from model import media
+    """model.inputs.media.decode on the file's bytes, as the pipeline and the endpoint call it."""
+    from model.inputs import media
 
     data = pathlib.Path(path).read_bytes()
     try:
@@ -21,10 +21,10 @@ def decode_file(path: str, name: str) -> dict:
 
 
 def stream_audio_file(path: str, block_s: str = "30") -> dict:
-    """model.media.iter_audio over a file on disk: 16 kHz mono blocks, never the whole waveform."""
+    """model.inputs.media.iter_audio over a file on disk: 16 kHz mono blocks, never the whole waveform."""
     import numpy as np
 
-    from model import media
+    from model.inputs import media
 
     samples = 0
     peak = 0.0
@@ -39,7 +39,7 @@ def prompt_file(path: str, name: str) -> dict:
     """What the batch decode stage does per page: decode, build the chat request, serialise it."""
     import json
 
-    from model import media, prompts
+    from model.inputs import media, prompts
 
     data = pathlib.Path(path).read_bytes()
     decoded = media.decode(data, name)

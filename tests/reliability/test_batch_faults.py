@@ -143,7 +143,7 @@ def test_corpus_job_completes_with_one_clear_row_per_input(corpus_run):
     assert not wrong, "\n".join(map(str, wrong))
     long_row = rows[f"s3://{BUCKET}/corpus/long_recording.wav"]
     assert long_row["num_segments"] == len(
-        __import__("model.audio_chunks", fromlist=["plan_chunks"]).plan_chunks(int(JOB_LONG_AUDIO_S * 16000)))
+        __import__("model.inputs.audio_chunks", fromlist=["plan_chunks"]).plan_chunks(int(JOB_LONG_AUDIO_S * 16000)))
     summary = read_summaries(run["output"])[-1]
     assert summary["sources"]["total"] == len(expected)
     errors = sum(1 for e, _ in expected.values() if e == "error")

@@ -1,4 +1,4 @@
-"""The bad-input corpus through the shared decoding layer (`model.media`), no engine.
+"""The bad-input corpus through the shared decoding layer (`model.inputs.media`), no engine.
 
 Every kind either decodes correctly (content checked) or raises `MediaError` with an actionable
 message; nothing raises anything else. The two memory hazards are measured in fresh processes: the
@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from model import media
+from model.inputs import media
 from tests.reliability import corpus, memprobe
 from tests.reliability.figures import report
 

@@ -11,7 +11,7 @@ import base64
 import pytest
 
 from jobs import samples
-from model import prompts
+from model.inputs import prompts
 
 MAX_NEW_TOKENS = 24
 FILES = {
@@ -64,7 +64,7 @@ def test_document_page_same_tokens_as_batch(endpoint, batch):
 
 
 def test_short_audio_same_tokens_as_batch(endpoint, batch):
-    wav = batch["data"]["memo.wav"]  # 44.1 kHz stereo: both sides resample with model.media
+    wav = batch["data"]["memo.wav"]  # 44.1 kHz stereo: both sides resample with model.inputs.media
     part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
     served = _chat_token_ids(endpoint, part, prompts.TRANSCRIBE_PROMPT)
     row = batch["segments"][batch["segments"].name == "memo.wav"].iloc[0]

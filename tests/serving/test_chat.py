@@ -55,7 +55,7 @@ def test_chat_image(endpoint):
 
 
 def test_chat_audio_any_rate_and_channels(endpoint):
-    # 2 s at 8 kHz stereo: the ingress decodes and resamples to 16 kHz mono (model.media).
+    # 2 s at 8 kHz stereo: the ingress decodes and resamples to 16 kHz mono (model.inputs.media).
     two_s = _ask(endpoint, [_audio_part(wav_bytes(2.0, sr=8000, channels=2)), {"type": "text", "text": "Transcribe."}])
     one_s = _ask(endpoint, [_audio_part(wav_bytes(1.0)), {"type": "text", "text": "Transcribe."}])
     # One soft token per 40 ms frame: 2 s -> 50, 1 s -> 25, whatever the source rate and channels.
@@ -145,10 +145,10 @@ def direct_llm(endpoint):
 
 def test_token_ids_equal_direct_vllm(endpoint, direct_llm):
     """Same input file bytes and prompt: the endpoint's answer equals a direct vLLM chat call on the
-    same decoded media (model.media) and messages (model.prompts), token for token."""
+    same decoded media (model.inputs.media) and messages (model.inputs.prompts), token for token."""
     from vllm import SamplingParams
 
-    from model import media, prompts
+    from model.inputs import media, prompts
 
     png, wav = png_bytes(96, 64, seed=7), wav_bytes(3.0, sr=22050, seed=7)
     served = _ask(endpoint, [_image_part(png), _audio_part(wav), {"type": "text", "text": "Describe both."}], max_tokens=24)

@@ -1,5 +1,5 @@
 """/v1/audio/transcriptions through the real endpoint: a 70 s recording is chunked and stitched by the
-shared model.audio_chunks code, with segment timestamps; formats json, text and verbose_json."""
+shared model.inputs.audio_chunks code, with segment timestamps; formats json, text and verbose_json."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import openai
 import pytest
 import requests
 
-from model import audio_chunks
+from model.inputs import audio_chunks
 from tests.serving.conftest import KEY_A, wav_bytes
 
 MAX_TOKENS = 24  # short answers keep the test fast; the default is the batch pipeline's 512
@@ -50,8 +50,8 @@ def test_stitching_is_the_shared_one(verbose):
 
 def test_each_segment_equals_a_chat_call_on_that_chunk(endpoint, long_clip, verbose):
     """Per chunk, the transcription is exactly what chat answers for the batch pipeline's messages
-    (model.prompts) on the same samples (model.media decode + model.audio_chunks split)."""
-    from model import media, prompts
+    (model.inputs.prompts) on the same samples (model.inputs.media decode + model.inputs.audio_chunks split)."""
+    from model.inputs import media, prompts
 
     audio = media.decode_audio(long_clip)
     client = endpoint.client()

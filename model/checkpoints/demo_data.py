@@ -1,4 +1,4 @@
-"""Synthetic training and evaluation data for the demo model (see model/train_demo.py).
+"""Synthetic training and evaluation data for the demo model (see model/checkpoints/train_demo.py).
 
 Two generators, both deterministic given a `numpy.random.Generator`:
 
@@ -12,8 +12,8 @@ Speech synthesis needs the `espeak-ng` program, so speech is synthesized once in
 (`write_audio_bank`: one FLAC holding every clip + a JSON index) that training reads back; the
 training machine then needs no espeak-ng. Images are rendered on the fly (cheap).
 
-    python -m model.demo_data bank OUT_DIR --seed N --digits 1500 --phrases 300 --words 1
-    python -m model.demo_data sample OUT_DIR --seed N      # a few PNG/FLAC examples to look at
+    python -m model.checkpoints.demo_data bank OUT_DIR --seed N --digits 1500 --phrases 300 --words 1
+    python -m model.checkpoints.demo_data sample OUT_DIR --seed N      # a few PNG/FLAC examples to look at
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import subprocess
 
 import numpy as np
 
-from model.prompts import DOCUMENT_PROMPT, TRANSCRIBE_PROMPT
+from model.inputs.prompts import DOCUMENT_PROMPT, TRANSCRIBE_PROMPT
 
 SAMPLE_RATE = 16_000
 ESPEAK_RATE = 22_050  # espeak-ng's native output rate
 
-# The pipeline's task prompts (model/prompts.py, imported above): the demo model is trained on
+# The pipeline's task prompts (model/inputs/prompts.py, imported above): the demo model is trained on
 # them, plus a few paraphrases and no prompt at all, so that a reworded instruction still works.
 DOCUMENT_PROMPT_VARIANTS = [
     DOCUMENT_PROMPT,
@@ -411,7 +411,7 @@ def wer(refs: list[str], hyps: list[str]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.demo_data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m model.checkpoints.demo_data", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bank", help="synthesize an audio bank with espeak-ng")
     b.add_argument("out_dir")

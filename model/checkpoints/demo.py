@@ -1,11 +1,11 @@
-"""The demo checkpoint: a small Gemma 4 Unified, trained by the project (model/train_demo.py), that
+"""The demo checkpoint: a small Gemma 4 Unified, trained by the project (model/checkpoints/train_demo.py), that
 reads rendered text lines and transcribes spoken digit strings.
 
-    python -m model.demo --path                 # print the checkpoint directory (trains it if missing)
-    python -m model.demo --evaluate [--eval-bank DIR] [--lines 200]   # held-out CER/WER (transformers)
-    python -m model.demo --samples DIR          # readable sample inputs: line PNGs + spoken digit FLACs
+    python -m model.checkpoints.demo --path                 # print the checkpoint directory (trains it if missing)
+    python -m model.checkpoints.demo --evaluate [--eval-bank DIR] [--lines 200]   # held-out CER/WER (transformers)
+    python -m model.checkpoints.demo --samples DIR          # readable sample inputs: line PNGs + spoken digit FLACs
 
-The checkpoint ships in model/demo_checkpoint/ (17 MB, bfloat16 weights). Without it (a trimmed
+The checkpoint ships in model/checkpoints/demo_checkpoint/ (17 MB, bfloat16 weights). Without it (a trimmed
 copy of the repository), `--path` trains one into $DEMO_CHECKPOINT_CACHE (default
 ~/.cache/gemma4-unified-demo) with the recipe's defaults and reuses it afterwards. That takes about
 an hour on 2 CPU cores and reads less well than the shipped checkpoint (README, "Demo model").
@@ -36,7 +36,7 @@ SAMPLE_LINES = [
     "Order #88213 shipped today",
     "Meeting moved to 14 Mar 2027",
 ]
-# Spoken digit strings shipped as FLAC in model/demo_assets/ (synthesized with espeak-ng by
+# Spoken digit strings shipped as FLAC in model/checkpoints/demo_assets/ (synthesized with espeak-ng by
 # `write_assets`), so tests and samples need no espeak-ng. (file stem, text, espeak voice settings)
 SAMPLE_SPEECH = [
     ("digits_a", "4 7 1 9 2 0 6", dict(voice="en-us", speed=160, pitch=50)),
@@ -57,7 +57,7 @@ def path(train_if_missing: bool = True) -> pathlib.Path:
         return cached
     if not train_if_missing:
         raise FileNotFoundError(f"no demo checkpoint in {SHIPPED} or {cached}")
-    from model import train_demo
+    from model.checkpoints import train_demo
 
     # Training logs go to stderr: stdout of `--path` is the path alone, for scripts.
     with contextlib.redirect_stdout(sys.stderr):
@@ -67,7 +67,7 @@ def path(train_if_missing: bool = True) -> pathlib.Path:
 
 def line_image(text: str, font_index: int = 0, size: int = 28):
     """`text` rendered clean (black on white) the way the demo model reads it."""
-    from model import demo_data
+    from model.checkpoints import demo_data
 
     return demo_data.render_text(text, np.random.default_rng(0), font_index=font_index, size=size, clean=True)
 
@@ -82,7 +82,7 @@ def write_assets(out: pathlib.Path = ASSETS) -> None:
     """Re-synthesize the shipped speech clips (needs espeak-ng)."""
     import soundfile as sf
 
-    from model import demo_data
+    from model.checkpoints import demo_data
 
     out.mkdir(parents=True, exist_ok=True)
     for stem, text, voice in SAMPLE_SPEECH:
@@ -93,7 +93,7 @@ def write_samples(out: pathlib.Path) -> dict[str, str]:
     """Sample inputs the demo model reads: PNG lines and FLAC digit strings. Returns name -> text."""
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    from model.demo_data import BUILTIN_FONT
+    from model.checkpoints.demo_data import BUILTIN_FONT
 
     for i, text in enumerate(SAMPLE_LINES):
         name = f"line_{i}.png"
@@ -117,7 +117,7 @@ def evaluate(checkpoint: pathlib.Path, eval_bank: str | None, lines: int, seed: 
     import torch
     from transformers import AutoProcessor, Gemma4UnifiedForConditionalGeneration
 
-    from model import demo_data, train_demo
+    from model.checkpoints import demo_data, train_demo
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = Gemma4UnifiedForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).to(device)
@@ -132,12 +132,12 @@ def evaluate(checkpoint: pathlib.Path, eval_bank: str | None, lines: int, seed: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m model.checkpoints.demo", description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--path", action="store_true", help="print the checkpoint directory")
     group.add_argument("--evaluate", action="store_true", help="held-out CER/WER of the checkpoint")
     group.add_argument("--samples", metavar="DIR", help="write sample inputs to DIR")
-    parser.add_argument("--eval-bank", help="speech bank from `python -m model.demo_data bank` (else espeak-ng)")
+    parser.add_argument("--eval-bank", help="speech bank from `python -m model.checkpoints.demo_data bank` (else espeak-ng)")
     parser.add_argument("--lines", type=int, default=200, help="held-out rendered lines to score")
     args = parser.parse_args(argv)
     if args.path:

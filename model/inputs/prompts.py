@@ -6,7 +6,7 @@ verbatim as a custom instruction. Media go in as OpenAI content parts that vLLM'
 
 * images: `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}` (lossless PNG)
 * audio:  `{"type": "input_audio", "input_audio": {"data": <base64 WAV>, "format": "wav"}}`
-  (float32 WAV at 16 kHz: lossless for the waveform `model.media.decode_audio` returns, so vLLM's
+  (float32 WAV at 16 kHz: lossless for the waveform `model.inputs.media.decode_audio` returns, so vLLM's
   loader hands the model exactly those samples)
 
 Media parts come before the instruction text, as in Gemma's own prompting examples.
@@ -42,7 +42,7 @@ def data_url(payload: bytes, mime: str) -> str:
 
 def image_part(image) -> dict:
     """Content part for a PIL image or already-encoded PNG bytes."""
-    from model.media import image_to_png_bytes
+    from model.inputs.media import image_to_png_bytes
 
     png = image if isinstance(image, (bytes, bytearray)) else image_to_png_bytes(image)
     return {"type": "image_url", "image_url": {"url": data_url(bytes(png), "image/png")}}
@@ -50,7 +50,7 @@ def image_part(image) -> dict:
 
 def audio_part(waveform) -> dict:
     """Content part for a float32 16 kHz mono waveform or already-encoded WAV bytes."""
-    from model.media import audio_to_wav_bytes
+    from model.inputs.media import audio_to_wav_bytes
 
     wav = waveform if isinstance(waveform, (bytes, bytearray)) else audio_to_wav_bytes(waveform)
     return {"type": "input_audio",

@@ -1,11 +1,11 @@
 """Train the demo model: a small Gemma 4 Unified that reads rendered text and transcribes spoken digits.
 
-    python -m model.train_demo OUT_DIR [--seed 0] [--steps N] [--eval-bank DIR]
+    python -m model.checkpoints.train_demo OUT_DIR [--seed 0] [--steps N] [--eval-bank DIR]
 
 Same transformers classes as the real model (`Gemma4UnifiedForConditionalGeneration`), the tiny
-checkpoint's tokenizer/processor/chat template (model/tiny.py), a larger config, bidirectional
+checkpoint's tokenizer/processor/chat template (model/checkpoints/tiny.py), a larger config, bidirectional
 vision off (causal everywhere, so every vLLM attention backend computes it exactly as trained, without
-the CPU mm-prefix path of model/cpu_bidirectional.py). Data comes from model/demo_data.py,
+the CPU mm-prefix path of model/cpu_bidirectional.py). Data comes from model/checkpoints/demo_data.py,
 generated in DataLoader workers: text lines rendered on the fly, and espeak-ng speech from a bank
 synthesized once at the start (or given with `--audio-bank`), augmented on the fly.
 
@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from model import demo_data, tiny
+from model.checkpoints import demo_data, tiny
 
 # Decoder sizes (--size). "base" (8.6 M parameters, 17 MB in bfloat16) is the shipped checkpoint's;
 # "small" (5.3 M) is the default, sized for one run of about an hour on 2 CPU cores.
@@ -50,7 +50,7 @@ SIZES = {
 DEMO_MAX_SOFT_TOKENS = 70
 EVAL_IMAGE_SEED_OFFSET = 1_000_003  # held-out images come from a seed stream training never uses
 TRAIN_BANK_SEED_OFFSET = 1_000_033  # the training speech bank's seed: seed + this (never EVAL_BANK_SEED)
-EVAL_BANK_SEED = 7  # held-out speech: `python -m model.demo_data bank DIR --seed 7 --digits 200 --phrases 0`
+EVAL_BANK_SEED = 7  # held-out speech: `python -m model.checkpoints.demo_data bank DIR --seed 7 --digits 200 --phrases 0`
 
 
 @dataclasses.dataclass
@@ -348,7 +348,7 @@ def train(cfg: TrainConfig) -> dict:
 
     eval_bank = cfg.eval_bank
     if eval_bank is None and cfg.eval_clips and demo_data.espeak_available():
-        # The held-out speech of model.demo --evaluate: its own seed, its texts excluded from training.
+        # The held-out speech of model.checkpoints.demo --evaluate: its own seed, its texts excluded from training.
         eval_bank = demo_data.write_audio_bank(out / "eval_bank", seed=EVAL_BANK_SEED, n_digits=cfg.eval_clips, n_phrases=0)
     eval_audio = []
     if eval_bank:
@@ -482,7 +482,7 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.train_demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m model.checkpoints.train_demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="working directory; the checkpoint lands in OUT_DIR/checkpoint")
     for field in dataclasses.fields(TrainConfig):
         if field.name == "out_dir":

@@ -1,6 +1,6 @@
 """Build a tiny, deterministic, random-weight Gemma 4 Unified checkpoint in Hugging Face layout.
 
-    python -m model.tiny OUT_DIR [--bidirectional-vision] [--seed N]
+    python -m model.checkpoints.tiny OUT_DIR [--bidirectional-vision] [--seed N]
 
 Same architecture and file layout as the real 12B checkpoint, scaled down so tests and the demo can
 build it offline in seconds: config, safetensors weights (saved by transformers itself, so weight
@@ -245,7 +245,7 @@ def save_checkpoint(model, out_dir: str | pathlib.Path, processor=None) -> pathl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.tiny", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m model.checkpoints.tiny", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument(
         "--bidirectional-vision",
