@@ -32,6 +32,7 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest
 from serving.config import ServingConfig
 from serving.errors import RequestError, json_response
 from serving.media_policy import MediaPolicy
+from serving.transcribe import transcribe_request
 
 logger = logging.getLogger("serving.ingress")
 
@@ -60,8 +61,6 @@ class GuardedOpenAiIngress(OpenAiIngress):
 
     # -- transcription ---------------------------------------------------------------------------
     async def transcriptions(self, request: Request) -> Response:
-        from serving.transcribe import transcribe_request
-
         try:
             return await transcribe_request(self, request)
         except RequestError as e:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -23,10 +23,20 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from model.inputs import audio_chunks, prompts
 from model.inputs.media import MediaError, MediaLimits, decode_audio
+from serving.config import ServingConfig
 from serving.errors import RequestError
 
-if TYPE_CHECKING:
-    from serving.ingress import GuardedOpenAiIngress
+
+class ChatBackend(Protocol):
+    """What a transcription needs from the ingress (`serving.ingress.GuardedOpenAiIngress`): its
+    settings, model-name resolution and one chat call per chunk. A protocol, so this module does
+    not import the ingress that routes requests to it."""
+
+    config: ServingConfig
+
+    async def _get_model_id(self, model: str | None) -> str: ...
+
+    async def chat_once(self, body: Any) -> Any: ...
 
 FORMATS = ("json", "text", "verbose_json")
 
@@ -50,7 +60,7 @@ def _field(form, name: str, default: str | None = None) -> str | None:
     return value
 
 
-async def transcribe_request(ingress: "GuardedOpenAiIngress", request: Request) -> Response:
+async def transcribe_request(ingress: ChatBackend, request: Request) -> Response:
     config = ingress.config
     form = await _form(request)
     upload = form.get("file")
