@@ -8,7 +8,7 @@ reads rendered text lines and transcribes spoken digit strings.
 The checkpoint ships in model/checkpoints/demo_checkpoint/ (17 MB, bfloat16 weights). Without it (a trimmed
 copy of the repository), `--path` trains one into $DEMO_CHECKPOINT_CACHE (default
 ~/.cache/gemma4-unified-demo) with the recipe's defaults and reuses it afterwards. That takes about
-an hour on 2 CPU cores and reads less well than the shipped checkpoint (README, "Demo model").
+an hour on 2 CPU cores and reads less well than the shipped checkpoint (docs/demo-model.md).
 
 What it can read (its training distribution): one line of up to ~42 characters of printed text
 laid out as `demo_data.render_text` does (a wide canvas, at least 22:1, which the checkpoint's

@@ -118,7 +118,7 @@ class SampleStream(torch.utils.data.IterableDataset):
     """Endless stream of (encoded prompt, target ids) for one modality; each DataLoader worker
     draws from its own seed so workers never repeat each other."""
 
-    paragraph_prob = 0.0  # lines only: paragraphs need several patch rows (see README.md, "Demo model")
+    paragraph_prob = 0.0  # lines only: paragraphs need several patch rows (see docs/demo-model.md)
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 strings first (the length curriculum), held-out texts never drawn.
 
 The bank is made of the two real spoken digit strings shipped in model/checkpoints/demo_assets/ (no espeak-ng
-needed); training itself is not run here (about an hour on 2 cores, see README "Demo model").
+needed); training itself is not run here (about an hour on 2 cores, see docs/demo-model.md).
 """
 
 from __future__ import annotations

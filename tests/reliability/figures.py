@@ -1,4 +1,4 @@
-"""Figures the reliability tests measure (for README.md, "Reliability"): printed, and appended as JSON
+"""Figures the reliability tests measure (for docs/reliability.md): printed, and appended as JSON
 lines to $RELIABILITY_FIGURES when that is set (`pytest -s` shows them too)."""
 
 from __future__ import annotations

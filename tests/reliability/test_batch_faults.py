@@ -42,7 +42,7 @@ JOB_TIMEOUT_S = float(os.environ.get("RELIABILITY_JOB_TIMEOUT_S", "900"))
 # Bounds on memory (MiB). The engine process (vLLM, ~2-3 GiB on CPU) is not counted as a worker.
 # The largest input the limits admit is a 100 MP page (the poster PDF is rendered down to that):
 # about 0.7 GiB to render in the decode stage, and ~2.3 GiB in ray.data.llm's multimodal stages,
-# which get the page at full resolution (see README.md, "Reliability", findings).
+# which get the page at full resolution (see docs/reliability.md, findings).
 WORKER_BOUND_MIB = float(os.environ.get("RELIABILITY_WORKER_MIB", "3072"))
 TREE_BOUND_MIB = float(os.environ.get("RELIABILITY_TREE_MIB", "14336"))  # RSS summed: shared pages count per process
 BUCKET = "rel-batch"
