@@ -8,7 +8,7 @@ Two phases per invocation:
 1. **Stream** (one engine start): listed units -> source rows -> decoded requests (one per PDF/TIFF
    page or audio chunk) -> `ray.data.llm` vLLM processor on an actor pool -> *work rows* appended
    to the run's work area `<output>/_work/<run_id>/segments/` as Parquet files.
-2. **Finalize**: the work area is grouped by source (Ray Data groupby) into exactly one `sources/`
+2. **Finalize** (`jobs.workarea`): the work area is grouped by source (Ray Data groupby) into exactly one `sources/`
    row per input and one `segments/` row per page/chunk, written to the run-date partition, and the
    run summary JSON is written beside them.
 
@@ -35,78 +35,17 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from connectors.sources import expand_inputs
 from connectors.storage import resolve
 from jobs import stages
 from jobs.spec import JobSpec
+from jobs.workarea import OutputLayout, finalize, read_work, resume_state
 
 log = logging.getLogger("jobs")
 
 # Content format of message parts for vLLM's chat parser: OpenAI-style parts (image_url, input_audio).
 CONTENT_FORMAT = "openai"
-
-
-class OutputLayout:
-    """Where a run writes. All paths are URIs under `spec.output` (local or s3://)."""
-
-    def __init__(self, spec: JobSpec):
-        root = spec.output.rstrip("/")
-        self.root = root
-        self.work = f"{root}/_work/{spec.run_id}/segments"
-        self.staging = f"{root}/_work/{spec.run_id}/staging"
-        self.sources = f"{root}/sources/run_date={spec.run_date}"
-        self.segments = f"{root}/segments/run_date={spec.run_date}"
-        self.summary = f"{root}/summaries/run_date={spec.run_date}/{spec.run_id}.json"
-        self.run_id = spec.run_id
-
-
-# -- resume state ---------------------------------------------------------------------------------
-
-
-def _list_parquet(uri: str, storage) -> list[tuple[pafs.FileSystem, str]]:
-    fs, path = resolve(uri, storage)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    return [(fs, i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
-
-
-def read_work(layout: OutputLayout, spec: JobSpec, columns: list[str] | None = None) -> pa.Table:
-    """All work rows of the run. A file cut short by a kill mid-write is deleted: its rows were
-    never counted as done, so the resumed run recomputes them."""
-    tables = []
-    for fs, path in _list_parquet(layout.work, spec.storage):
-        try:
-            with fs.open_input_file(path) as handle:
-                tables.append(pq.read_table(handle, columns=columns))
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt file from an interrupted write
-            log.warning("removing incomplete work file %s (%s)", path, exc)
-            fs.delete_file(path)
-    if not tables:
-        schema = stages.WORK_SCHEMA if columns is None else pa.schema([stages.WORK_SCHEMA.field(c) for c in columns])
-        return schema.empty_table()
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
-def resume_state(work: pa.Table) -> tuple[frozenset, dict[str, set[int]]]:
-    """(sources complete in the work area, {source_id: finished segment indices} for partial ones)."""
-    per_source: dict[str, dict] = {}
-    for row in work.select(["source_id", "segment_index", "num_segments", "error_stage", "written_at"]).to_pylist():
-        entry = per_source.setdefault(row["source_id"], {"segments": set(), "expected": 0, "final_error": False})
-        if row["segment_index"] == stages.ERROR_SEGMENT:
-            # A fetch error (store unreachable after retries) is worth retrying on a re-run.
-            entry["final_error"] |= row["error_stage"] != "fetch"
-        else:
-            entry["segments"].add(row["segment_index"])
-            entry["expected"] = max(entry["expected"], row["num_segments"])
-    done, partial = set(), {}
-    for source_id, entry in per_source.items():
-        if entry["final_error"] or (entry["expected"] and len(entry["segments"]) >= entry["expected"]):
-            done.add(source_id)
-        elif entry["segments"]:
-            partial[source_id] = entry["segments"]
-    return frozenset(done), partial
 
 
 # -- inference stage ------------------------------------------------------------------------------
@@ -199,61 +138,6 @@ def stream(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, units:
                         batch_size=spec.batch_size, num_cpus=light)
     fs, work_path = resolve(layout.work, spec.storage)
     ds.write_parquet(work_path, filesystem=fs, min_rows_per_file=1)
-
-
-def finalize(spec: JobSpec, layout: OutputLayout) -> pa.Table:
-    """Group the work area by source into the output tables; return the sources table (no text)."""
-    import ray
-
-    work = read_work(layout, spec)
-    if work.num_rows == 0:
-        raise RuntimeError("nothing was processed: the work area is empty")
-
-    def _assemble(kind: str):
-        schema = stages.SOURCE_SCHEMA if kind == "source" else stages.SEGMENT_SCHEMA
-
-        def fn(group: pa.Table) -> pa.Table:
-            source, segments = stages.assemble_source(group.to_pylist())
-            return pa.Table.from_pylist([source] if kind == "source" else segments, schema=schema)
-
-        return fn
-
-    # The work table is already in driver memory here (resume needed it); Ray Data spreads the
-    # grouping and the Parquet writing over the cluster.
-    partitions = max(1, min(64, work.num_rows // 20_000 + 1))
-    work_ds = ray.data.from_arrow(work)
-    for kind, target in (("source", layout.sources), ("segment", layout.segments)):
-        staging = f"{layout.staging}/{kind}-{uuid.uuid4().hex[:8]}"
-        fs, staging_path = resolve(staging, spec.storage)
-        (work_ds.groupby("source_id", num_partitions=partitions)
-         .map_groups(_assemble(kind), batch_format="pyarrow")
-         .write_parquet(staging_path, filesystem=fs, min_rows_per_file=50_000))
-        _publish(spec, staging, target, layout.run_id)
-    sfs, staging_root = resolve(layout.staging, spec.storage)
-    try:
-        sfs.delete_dir(staging_root)
-    except OSError:
-        pass
-    fs, path = resolve(layout.sources, spec.storage)
-    files = [p for _, p in _list_parquet(layout.sources, spec.storage) if os.path.basename(p).startswith(f"{layout.run_id}_")]
-    cols = [c for c in stages.SOURCE_SCHEMA.names if c != "text"]
-    tables = []
-    for p in files:
-        with fs.open_input_file(p) as h:
-            tables.append(pq.read_table(h, columns=cols))
-    return pa.concat_tables(tables) if tables else pa.schema([stages.SOURCE_SCHEMA.field(c) for c in cols]).empty_table()
-
-
-def _publish(spec: JobSpec, staging: str, target: str, run_id: str) -> None:
-    """Replace this run's files in the partition with the staged ones (other runs' files stay)."""
-    fs, target_path = resolve(target, spec.storage)
-    fs.create_dir(target_path, recursive=True)
-    for info in fs.get_file_info(pafs.FileSelector(target_path, allow_not_found=True)):
-        if os.path.basename(info.path).startswith(f"{run_id}_"):
-            fs.delete_file(info.path)
-    staged = sorted(p for _, p in _list_parquet(staging, spec.storage))
-    for index, path in enumerate(staged):
-        fs.move(path, f"{target_path}/{run_id}_{index:05d}.parquet")
 
 
 # -- summary --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import time
 import pyarrow.parquet as pq
 
 from jobs import samples
-from jobs.pipeline import OutputLayout, read_work
+from jobs.workarea import OutputLayout, read_work
 from jobs.spec import JobSpec
 
 N_PAGES = 10

@@ -10,7 +10,7 @@ import pyarrow as pa
 from connectors.sources import ParquetColumns, file_source
 from connectors.storage import StorageConfig
 from jobs import samples, stages
-from jobs.pipeline import resume_state
+from jobs.workarea import resume_state
 from model.inputs.media import MediaLimits
 
 
