@@ -7,6 +7,8 @@ checkpoint that names upstream's architecture is pointed here with
 `hf_overrides={"architectures": [ARCHITECTURE]}` (see `model.engine.EngineSettings`).
 
 Registration is lazy ("module:Class"): importing this module must stay cheap (no torch, no vLLM).
+Because `register()` runs in every vLLM process, it also arms the orphan guard there
+(model/orphan_guard.py): an engine core or worker whose parent died ends too.
 """
 
 ARCHITECTURE = "Gemma4UnifiedExactForConditionalGeneration"
@@ -15,6 +17,9 @@ _CLASS_PATH = "model.gemma4_unified:Gemma4UnifiedExactForConditionalGeneration"
 
 
 def register() -> None:
+    from model import orphan_guard
+
+    orphan_guard.guard()
     from vllm import ModelRegistry
     from vllm.model_executor.models import config as model_configs
 
