@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="auto | document | transcribe | custom instruction text")
     p.add_argument("--image-tokens", type=int, choices=[70, 140, 280, 560, 1120],
                    help="soft tokens per page image (documents want 560/1120)")
-    p.add_argument("--pdf-dpi", type=float)
+    p.add_argument("--pdf-dpi", type=float, help="highest PDF render DPI (pages render at the model's size)")
     p.add_argument("--max-pages", type=int, help="page limit per PDF/TIFF (more is an error row)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--chunk-seconds", type=float, dest="chunk_s")

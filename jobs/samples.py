@@ -111,3 +111,90 @@ def write_demo_inputs(directory: pathlib.Path, *, seed: int = 0, long_audio_s: f
     for name, (payload, _) in files.items():
         (directory / name).write_bytes(payload)
     return {name: what for name, (_, what) in files.items()}
+
+
+# -- production-like documents (benchmarks and scale tests) ---------------------------------------
+
+PAPER_MM = {"A4": (210, 297), "A3": (297, 420), "letter": (215.9, 279.4)}
+
+
+def scan_page(dpi: int = 300, paper: str = "A4", *, seed: int = 0, quality: int = 85, mode: str = "RGB") -> bytes:
+    """A JPEG as a flatbed scanner delivers it: off-white paper, lines of text, sensor noise.
+
+    A4 at 300 dpi is 2480x3508 (about 2 MB); the noise keeps it from compressing unrealistically well."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    width_mm, height_mm = PAPER_MM[paper]
+    width, height = round(width_mm / 25.4 * dpi), round(height_mm / 25.4 * dpi)
+    page = Image.new("L", (width, height), 245)
+    draw = ImageDraw.Draw(page)
+    try:
+        font = ImageFont.truetype("DejaVuSans.ttf", max(8, int(dpi * 0.15)))
+    except OSError:
+        font = ImageFont.load_default(max(8, int(dpi * 0.15)))
+    words = " ".join(SAMPLE_TEXTS).split()
+    y, margin, line_height = int(dpi * 0.8), int(dpi * 0.8), int(dpi * 0.23)
+    while y < height - margin:
+        draw.text((margin, y), " ".join(rng.choice(words, size=10)), fill=20, font=font)
+        y += line_height
+    grey = np.asarray(page, dtype=np.float32) + 6 * rng.standard_normal((height, width), dtype=np.float32)
+    if mode == "L":
+        pixels = grey.clip(0, 255).astype(np.uint8)
+    else:
+        pixels = np.stack([grey, grey * 0.99, grey * 0.97], axis=-1).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality, dpi=(dpi, dpi))
+    return buf.getvalue()
+
+
+def tiff16_page(dpi: int = 300, paper: str = "A4", *, seed: int = 0) -> bytes:
+    """A 16-bit greyscale TIFF scan (archival scanners), deflate-compressed."""
+    from PIL import Image
+
+    grey = np.asarray(Image.open(io.BytesIO(scan_page(dpi, paper, seed=seed, mode="L"))), dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(grey * 257).save(buf, format="TIFF", compression="tiff_deflate")
+    return buf.getvalue()
+
+
+def text_pdf(pages: int | list[str], size: tuple[float, float] = (595.0, 842.0), *, lines: int = 30) -> bytes:
+    """A born-digital PDF (Helvetica text, a real text layer), one page per text, written directly.
+
+    `pages` may be a count: page i then says "Page i" followed by sample sentences. Cheap at any page
+    count (a 2,000-page file is about 2 MB), so scale tests do not need a stored fixture."""
+    texts = ([f"Page {i + 1}. " + " ".join(SAMPLE_TEXTS) for i in range(pages)] if isinstance(pages, int)
+             else list(pages))
+    width, height = size
+    objects: list[bytes] = [b"", b"", b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    kids = []
+    for text in texts:
+        rows, line = [], ""
+        for word in text.split():
+            if len(line) + len(word) + 1 > 80:
+                rows.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        rows = (rows + [line])[:lines]
+        body = "BT /F1 11 Tf 14 TL 56 %.0f Td " % (height - 72)
+        body += " ".join("(%s) '" % r.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for r in rows)
+        stream = (body + " ET").encode("latin-1", "replace")
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+        content_id = len(objects)
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Resources << /Font << /F1 3 0 R >> >> "
+                       b"/Contents %d 0 R >>" % (width, height, content_id))
+        kids.append(len(objects))
+    objects[0] = b"<< /Type /Catalog /Pages 2 0 R >>"
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % k for k in kids), len(kids))
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    out.write(b"".join(b"%010d 00000 n \n" % o for o in offsets))
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
+    return out.getvalue()

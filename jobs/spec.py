@@ -28,8 +28,10 @@ class JobSpec:
     # Soft tokens per page image (70/140/280/560/1120); documents want the large budgets. None: the
     # checkpoint's default.
     image_tokens: int | None = None
-    pdf_dpi: float = 144.0
-    max_pages: int = 500
+    # Highest DPI a PDF page is rendered at: pages are rendered directly at the model's size for the
+    # budget (model.inputs.pages), at most this resolution.
+    pdf_dpi: float = 300.0
+    max_pages: int = 10_000
     max_new_tokens: int = 512
     # Audio longer than the 30 s window is cut into chunks of chunk_s with overlap_s of overlap.
     chunk_s: float = 30.0

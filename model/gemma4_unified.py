@@ -9,7 +9,9 @@ Registered by `model.registration` under `ARCHITECTURE`. It reuses vLLM's
   the last partial frame when `samples % 640` is 1..160, and silently truncates clips longer than
   `audio_seq_length`. Here the count is exact and an over-long clip is refused with an error.
 * Image placeholders: counted with the image processor's own `get_aspect_ratio_preserving_size`
-  instead of a re-derived formula, so the count can never drift from the patches it emits.
+  instead of a re-derived formula, so the count can never drift from the patches it emits. With
+  the per-request `do_resize=False` (pages `model.inputs.pages` already brought to their model
+  size) images are counted as they are, and one that is not at a model size is refused.
 * Bidirectional image attention (`use_bidirectional_attention="vision"`): vLLM's GPU backends
   implement its mm-prefix mask; on the CPU backend the sliding layers are switched to an
   image-block-aware subclass (model/cpu_bidirectional.py). Any other backend without the mask
@@ -40,7 +42,8 @@ from vllm.model_executor.models.gemma4_unified import (
     Gemma4UnifiedProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.processing import PromptUpdateDetails
+from vllm.multimodal.parse import ImageProcessorItems
+from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
 AUDIO_SAMPLE_RATE = 16_000
 
@@ -130,11 +133,63 @@ class Gemma4UnifiedExactProcessingInfo(Gemma4UnifiedProcessingInfo):
         return PromptUpdateDetails.select_token_id(token_ids, processor.audio_token_id)
 
 
+def _resizes(merged_kwargs: Mapping[str, object]) -> bool:
+    """Whether the image processor resizes (False: `do_resize=False`, top level or images_kwargs)."""
+    value = merged_kwargs.get("do_resize")
+    images_kwargs = merged_kwargs.get("images_kwargs")
+    if value is None and isinstance(images_kwargs, Mapping):
+        value = images_kwargs.get("do_resize")
+    return value is None or bool(value)
+
+
 class Gemma4UnifiedExactMultiModalProcessor(Gemma4MultiModalProcessor):
     """Validates items before the HF processor sees them, so bad input fails with a clear message."""
 
+    def _budget(self, merged_kwargs: Mapping[str, object]) -> int:
+        value = merged_kwargs.get("max_soft_tokens")
+        images_kwargs = merged_kwargs.get("images_kwargs")
+        if value is None and isinstance(images_kwargs, Mapping):
+            value = images_kwargs.get("max_soft_tokens")
+        return int(value or self.info.get_hf_config().vision_config.num_soft_tokens)
+
+    def _unresized_soft_tokens(self, width: int, height: int, max_soft_tokens: int) -> int:
+        """Soft tokens of an image the processor takes as it is (do_resize=False)."""
+        vision = self.info.get_hf_config().vision_config
+        unit = vision.patch_size * vision.pooling_kernel_size
+        tokens = (width // unit) * (height // unit)
+        if width % unit or height % unit or tokens == 0 or tokens > max_soft_tokens:
+            raise ValueError(
+                f"image of {width}x{height} pixels is not at a model size for {max_soft_tokens} soft tokens "
+                f"(sides multiples of {unit}, at most {max_soft_tokens} patches of {unit} px); do_resize=False "
+                "is only for pages prepared by model.inputs.pages"
+            )
+        return tokens
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        merged = self.info.ctx.get_merged_mm_kwargs(hf_processor_mm_kwargs)
+        if "image" not in mm_items or _resizes(merged):
+            return updates
+        processor = self.info.get_hf_processor(**hf_processor_mm_kwargs)
+        config = self.info.get_hf_config()
+        budget = self._budget(merged)
+
+        def replacement(item_idx: int) -> PromptUpdateDetails:
+            size = mm_items.get_items("image", ImageProcessorItems).get_image_size(item_idx)
+            count = self._unresized_soft_tokens(size.width, size.height, budget)
+            token_ids = [config.boi_token_id] + [processor.image_token_id] * count + [config.eoi_token_id]
+            return PromptUpdateDetails.select_token_id(token_ids, processor.image_token_id)
+
+        return [
+            PromptReplacement(modality="image", target=[processor.image_token_id], replacement=replacement)
+            if getattr(u, "modality", None) == "image" else u
+            for u in updates
+        ]
+
     def _apply_hf_processor_main(self, mm_items, hf_processor_mm_kwargs):
         processor = self.info.get_hf_processor()
+        merged = self.info.ctx.get_merged_mm_kwargs(hf_processor_mm_kwargs)
+        resizes = _resizes(merged)
         for modality, items in mm_items.items():
             for i in range(items.get_count()):
                 item = items.get(i)
@@ -149,6 +204,8 @@ class Gemma4UnifiedExactMultiModalProcessor(Gemma4MultiModalProcessor):
                     height, width = _image_size(item)
                     if height <= 0 or width <= 0:
                         raise ValueError(f"image item {i}: image of {width}x{height} pixels has no content")
+                    if not resizes:
+                        self._unresized_soft_tokens(width, height, self._budget(merged))
         return super()._apply_hf_processor_main(mm_items, hf_processor_mm_kwargs)
 
 

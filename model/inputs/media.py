@@ -46,7 +46,7 @@ class MediaLimits:
     max_aspect_ratio: float = 200.0
     min_image_side: int = 1
     pdf_dpi: float = 144.0
-    max_pages: int = 500  # PDF pages and TIFF frames per file
+    max_pages: int = 10_000  # PDF pages and TIFF frames per file (pages stream: memory does not grow with it)
     max_audio_seconds: float = 4 * 3600.0
     max_input_bytes: int = 2 * 1024**3
 

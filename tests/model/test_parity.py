@@ -260,3 +260,48 @@ def test_bad_audio_is_refused(llm, waveform, message):
 
 def test_engine_still_serves_after_bad_input(llm, reference):
     check(llm, reference, {"after errors": Case(chat_prompt("Still alive?"))})
+
+
+# -- pages prepared by model.inputs.pages (the batch job's and the endpoint's path) -----------------
+
+
+def test_a_large_scan_prepared_at_the_model_size_matches_the_reference_on_the_original(llm, reference, rng):
+    """A4 at 300 dpi (2480x3508 JPEG) and a shape the size function does not map to itself: the page
+    is resized in decoding, travels encoded (pickled), and the engine does not resize it again
+    (do_resize=False); prompt ids, greedy ids and logprobs equal the reference on the original."""
+    import pickle
+
+    from PIL import Image
+
+    from jobs import samples
+    from model.inputs import pages
+    from vllm import SamplingParams
+
+    odd = random_image(rng, 200, 1215)  # -> 960x144 at 70 tokens; 960x144 itself -> a larger size
+    buf = io.BytesIO()
+    odd.save(buf, format="PNG")
+    inputs = {"scan 300 dpi, 1120 tokens": (samples.scan_page(300, seed=int(rng.integers(1000))), 1120),
+              "200x1215, 70 tokens": (buf.getvalue(), 70)}
+    for label, (data, budget) in inputs.items():
+        page = next(iter(pages.open_pages(data, "page", pages.PageGeometry(budget))))
+        assert page.form == "resized", label
+        image = pickle.loads(pickle.dumps(page.image))
+        kwargs = {"max_soft_tokens": budget, **page.processor_kwargs}
+        want = reference.run(Case(chat_prompt("<image_soft_token>Read."), images=[Image.open(io.BytesIO(data))],
+                                  max_soft_tokens=budget), MAX_NEW_TOKENS)
+        got = llm.generate([{"prompt": chat_prompt("<image_soft_token>Read."), "multi_modal_data": {"image": [image]},
+                             "mm_processor_kwargs": kwargs}], sampling())[0]
+        assert_same(want, from_vllm(got), f"{label} (PARITY_SEED={SEED})")
+        # The chat path the batch job and the endpoint use: vLLM's image_pil content part.
+        messages = [{"role": "user", "content": [page.content_part(), {"type": "text", "text": "Read."}]}]
+        chat = llm.chat(messages, SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0),
+                        chat_template_content_format="openai", mm_processor_kwargs=kwargs)[0]
+        assert list(chat.outputs[0].token_ids) == want.output_ids, label
+
+
+def test_do_resize_false_refuses_an_image_that_is_not_at_a_model_size(llm, rng):
+    case = Case(chat_prompt("<image_soft_token>Read."), images=[random_image(rng, 100, 130)])
+    prompt = vllm_prompt(case)
+    prompt["mm_processor_kwargs"] = {"do_resize": False}
+    with pytest.raises(Exception, match=r"not at a model size"):
+        llm.generate([prompt], sampling())
