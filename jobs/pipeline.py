@@ -41,6 +41,7 @@ from connectors.storage import resolve
 from jobs import stages
 from jobs.spec import JobSpec
 from jobs.workarea import OutputLayout, finalize, read_work, resume_state
+from model.inputs import prompts
 
 log = logging.getLogger("jobs")
 
@@ -227,7 +228,8 @@ def run_job(spec: JobSpec) -> dict:
     ctx = stages.StageContext(
         run_id=spec.run_id, attempt=attempt, task=spec.task, storage=spec.storage,
         limits=spec.media_limits(), parquet=spec.parquet, chunk_s=spec.chunk_s, overlap_s=spec.overlap_s,
-        max_new_tokens=spec.max_new_tokens, done_sources=done, done_segments=partial,
+        max_new_tokens=spec.max_new_tokens, default_tasks=prompts.default_tasks(spec.model),
+        done_sources=done, done_segments=partial,
     )
     pending = [u for u in units if not _unit_done(u, done, spec)]
     print(f"[jobs] run {spec.run_id} ({spec.run_date}): {len(units)} input units, "

@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
                    help="s3://bucket/prefix/, s3://bucket/**.pdf, a local dir/glob, or a Parquet file (repeatable)")
     p.add_argument("--output", help="output root (local path or s3://bucket/prefix)")
     p.add_argument("--model", help="checkpoint directory (Hugging Face layout)")
-    p.add_argument("--task", help="auto | document | transcribe | custom instruction text")
+    p.add_argument("--task", help="auto | markdown (= document) | text | transcribe | custom instruction text "
+                                  "(auto: documents -> markdown, audio -> transcribe, or what the checkpoint declares)")
     p.add_argument("--image-tokens", type=int, choices=[70, 140, 280, 560, 1120],
                    help="soft tokens per page image (documents want 560/1120)")
     p.add_argument("--pdf-dpi", type=float, help="highest PDF render DPI (pages render at the model's size)")

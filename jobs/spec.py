@@ -22,8 +22,9 @@ class JobSpec:
     inputs: list[str]
     output: str
     model: str
-    # What to ask: "auto" (document -> read the text, audio -> transcribe), "document",
-    # "transcribe", or any other text as a custom instruction. A Parquet prompt column overrides it.
+    # What to ask: "auto" (documents -> markdown, audio -> transcribe, unless the checkpoint declares
+    # otherwise in default_tasks.json), "markdown" (= "document"), "text" (plain text), "transcribe",
+    # or any other text as a custom instruction. A Parquet prompt column overrides it.
     task: str = "auto"
     # Soft tokens per page image (70/140/280/560/1120); documents want the large budgets. None: the
     # checkpoint's default.

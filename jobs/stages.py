@@ -39,6 +39,8 @@ class StageContext:
     chunk_s: float
     overlap_s: float
     max_new_tokens: int
+    # What task `auto` means per modality for this checkpoint (`prompts.default_tasks`).
+    default_tasks: dict = dataclasses.field(default_factory=lambda: dict(prompts.DEFAULT_TASKS))
     # Resume state: sources finished in earlier invocations, and finished segments of sources
     # that were only partly done.
     done_sources: frozenset = frozenset()
@@ -104,7 +106,8 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
             # encoded chunks are never all in memory at once).
             requests = (dict(segment_index=c.index, start_s=c.start_s, end_s=c.end_s,
                              messages_json=json.dumps(prompts.messages_for_item(
-                                 task, "audio", audio=audio[c.start_sample:c.end_sample])))
+                                 task, "audio", audio=audio[c.start_sample:c.end_sample],
+                                 defaults=ctx.default_tasks)))
                         for c in chunks if c.index not in skip)
             common = dict(modality="audio", format=fmt, num_segments=len(chunks), duration_s=duration)
         else:
@@ -117,7 +120,7 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
                 count += 1
                 if index in skip:
                     continue
-                messages = prompts.messages_for_item(task, "document", image=page)
+                messages = prompts.messages_for_item(task, "document", image=page, defaults=ctx.default_tasks)
                 requests.append(dict(segment_index=index, page=index + 1, messages_json=json.dumps(messages)))
             common = dict(modality="document", format=fmt, num_segments=count)
     except (media.MediaError, ValueError) as exc:

@@ -29,13 +29,18 @@ import subprocess
 
 import numpy as np
 
-from model.inputs.prompts import DOCUMENT_PROMPT, TRANSCRIBE_PROMPT
+from model.inputs.prompts import TEXT_PROMPT, TRANSCRIBE_PROMPT
 
 SAMPLE_RATE = 16_000
 ESPEAK_RATE = 22_050  # espeak-ng's native output rate
 
 # The pipeline's task prompts (model/inputs/prompts.py, imported above): the demo model is trained on
 # them, plus a few paraphrases and no prompt at all, so that a reworded instruction still works.
+# Documents: the plain-text task (`text`), which is what the checkpoint declares `auto` to mean for
+# it (DEFAULT_TASKS, written as default_tasks.json beside its config); the markdown task is for
+# models that can lay a page out.
+DOCUMENT_PROMPT = TEXT_PROMPT
+DEFAULT_TASKS = {"document": "text", "audio": "transcribe"}
 DOCUMENT_PROMPT_VARIANTS = [
     DOCUMENT_PROMPT,
     "Read the text in this image.",

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from model.checkpoints import demo_data, tiny
+from model.inputs.prompts import DEFAULT_TASKS_FILE
 
 # Decoder sizes (--size). "base" (8.6 M parameters, 17 MB in bfloat16) is the shipped checkpoint's;
 # "small" (5.3 M) is the default, sized for one run of about an hour on 2 CPU cores.
@@ -458,6 +459,8 @@ def train(cfg: TrainConfig) -> dict:
 
     ckpt = out / "checkpoint"
     tiny.save_checkpoint(model.to("cpu").to(save_dtype), ckpt, processor=build_demo_processor())
+    # Trained on the plain-text document instruction: `auto` must ask it that (model/inputs/prompts.py).
+    (ckpt / DEFAULT_TASKS_FILE).write_text(json.dumps(demo_data.DEFAULT_TASKS) + "\n")
     report = dict(
         steps=step + 1,
         train_minutes=round(train_minutes, 2),

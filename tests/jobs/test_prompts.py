@@ -12,21 +12,57 @@ from PIL import Image
 
 from jobs import samples
 from model.inputs.prompts import (
+    DEFAULT_TASKS_FILE,
     DOCUMENT_PROMPT,
+    MARKDOWN_PROMPT,
+    TEXT_PROMPT,
     TRANSCRIBE_PROMPT,
     count_media,
+    default_tasks,
     messages_for_item,
     resolve_prompt,
 )
 
 
 def test_resolve_prompt():
-    assert resolve_prompt("auto", "document") == DOCUMENT_PROMPT
+    assert resolve_prompt("auto", "document") == DOCUMENT_PROMPT == MARKDOWN_PROMPT
+    assert resolve_prompt("markdown", "document") == resolve_prompt("document", "document") == MARKDOWN_PROMPT
+    assert resolve_prompt("text", "document") == TEXT_PROMPT
     assert resolve_prompt(None, "audio") == TRANSCRIBE_PROMPT
     assert resolve_prompt("transcribe", "document") == TRANSCRIBE_PROMPT
     assert resolve_prompt("List the totals.", "document") == "List the totals."
     with pytest.raises(ValueError):
         resolve_prompt("   ", "audio")
+
+
+def test_markdown_prompt_asks_for_what_document_parsers_return():
+    for asked in ("markdown", "table", "LaTeX", "reading order", "no commentary"):
+        assert asked in MARKDOWN_PROMPT
+
+
+def test_checkpoint_declares_what_auto_means(tmp_path):
+    assert default_tasks(tmp_path) == {"document": "markdown", "audio": "transcribe"}  # nothing declared
+    (tmp_path / DEFAULT_TASKS_FILE).write_text('{"document": "text"}')
+    defaults = default_tasks(tmp_path)
+    assert defaults == {"document": "text", "audio": "transcribe"}
+    assert resolve_prompt("auto", "document", defaults) == TEXT_PROMPT
+    assert resolve_prompt("markdown", "document", defaults) == MARKDOWN_PROMPT  # explicit tasks stay
+    (tmp_path / DEFAULT_TASKS_FILE).write_text('{"document": "poetry"}')
+    with pytest.raises(ValueError, match="unknown task"):
+        default_tasks(tmp_path)
+
+
+def test_json_schema_and_anchor_text_shape_the_instruction():
+    page = samples.text_page("hello")
+    schema = {"type": "object", "properties": {"total": {"type": "integer"}}}
+    text = messages_for_item("auto", "document", image=page, json_schema=schema)[0]["content"][-1]["text"]
+    assert text.startswith("Extract") and text.endswith('Schema: {"type":"object","properties":{"total":{"type":"integer"}}}')
+    custom = messages_for_item("Find the total.", "document", image=page, json_schema=schema)[0]["content"][-1]["text"]
+    assert custom.startswith("Find the total.\nSchema: {")
+    anchored = messages_for_item("auto", "document", image=page, anchor_text="Invoice 4521\n" * 1000)
+    text = anchored[0]["content"][-1]["text"]
+    assert "TEXT_LAYER_START\nInvoice 4521\n" in text and text.endswith(MARKDOWN_PROMPT)
+    assert len(text) < 4000 + len(MARKDOWN_PROMPT) + 300  # the layer is capped
 
 
 def test_image_message_is_lossless_png_data_url():

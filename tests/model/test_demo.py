@@ -15,7 +15,7 @@ import pytest
 
 from model.checkpoints import demo, demo_data
 from model.inputs.media import decode_audio
-from model.inputs.prompts import messages_for_item
+from model.inputs.prompts import TEXT_PROMPT, default_tasks, messages_for_item, resolve_prompt
 from model.registration import ARCHITECTURE
 
 
@@ -55,14 +55,23 @@ def test_path_prints_the_shipped_checkpoint():
     assert config["text_config"].get("use_bidirectional_attention") is None
 
 
+def test_checkpoint_declares_the_plain_text_task_it_was_trained_on():
+    """`auto` asks the demo checkpoint the plain-text instruction (not the markdown default)."""
+    defaults = default_tasks(demo.SHIPPED)
+    assert defaults == demo_data.DEFAULT_TASKS == {"document": "text", "audio": "transcribe"}
+    assert resolve_prompt("auto", "document", defaults) == TEXT_PROMPT == demo_data.DOCUMENT_PROMPT
+
+
 def test_reads_rendered_lines_and_transcribes_spoken_digits(demo_llm):
     lines = [demo.SAMPLE_LINES[0], demo.SAMPLE_LINES[2]]
     speech = [demo.speech_clip(stem) for stem, _, _ in demo.SAMPLE_SPEECH]
+    defaults = default_tasks(demo.SHIPPED)
     messages = [
-        messages_for_item("auto", "document", image=demo.line_image(text, font_index=demo_data.BUILTIN_FONT))
+        messages_for_item("auto", "document", image=demo.line_image(text, font_index=demo_data.BUILTIN_FONT),
+                          defaults=defaults)
         for text in lines
     ]
-    messages += [messages_for_item("auto", "audio", audio=decode_audio(flac)) for _, flac in speech]
+    messages += [messages_for_item("auto", "audio", audio=decode_audio(flac), defaults=defaults) for _, flac in speech]
     got = read(demo_llm, messages)
     # Different inputs, different exact readings: the model reads them, it does not recite.
     assert got == lines + [text for text, _ in speech]
