@@ -28,6 +28,7 @@ BYTES_COLUMNS = ("bytes", "data", "content", "image", "audio", "document", "file
 URI_COLUMNS = ("uri", "url", "path", "source_uri", "s3_uri")
 ID_COLUMNS = ("id", "source_id", "doc_id", "document_id")
 PROMPT_COLUMNS = ("prompt",)
+SCHEMA_COLUMNS = ("json_schema",)
 NAME_COLUMNS = ("filename", "file_name", "name")
 
 
@@ -39,6 +40,7 @@ class ParquetColumns:
     uri_column: str | None = None
     id_column: str | None = None
     prompt_column: str | None = None
+    schema_column: str | None = None  # a per-row JSON schema (structured extraction)
 
 
 def stable_id(*parts: object) -> str:
@@ -70,9 +72,10 @@ def _pick(names: list[str], explicit: str | None, candidates: tuple[str, ...], w
 def source_row(
     *, source_id: str, source_uri: str, source_row: str | None = None, name: str | None = None,
     data: bytes | None = None, prompt: str | None = None, error: str | None = None,
+    json_schema: str | None = None,
 ) -> dict:
     return dict(source_id=source_id, source_uri=source_uri, source_row=source_row, name=name or source_uri,
-                data=data, prompt=prompt, load_error=error)
+                data=data, prompt=prompt, load_error=error, json_schema=json_schema)
 
 
 def file_source(uri: str) -> dict:
@@ -94,6 +97,7 @@ def iter_parquet_sources(uri: str, storage: StorageConfig, columns: ParquetColum
         id_col = _pick(names, columns.id_column, ID_COLUMNS, "id", uri)
         prompt_col = _pick(names, columns.prompt_column, PROMPT_COLUMNS, "prompt", uri)
         name_col = _pick(names, None, NAME_COLUMNS, "name", uri)
+        schema_col = _pick(names, columns.schema_column, SCHEMA_COLUMNS, "JSON schema", uri)
         if not bytes_col and not uri_col:
             raise ValueError(
                 f"{uri}: no bytes column ({', '.join(BYTES_COLUMNS)}) and no URI column "
@@ -102,7 +106,7 @@ def iter_parquet_sources(uri: str, storage: StorageConfig, columns: ParquetColum
         yield source_row(source_id=stable_id(uri), source_uri=uri,
                          error=f"cannot read the Parquet table: {exc}")
         return
-    wanted = [c for c in (bytes_col, uri_col, id_col, prompt_col, name_col) if c]
+    wanted = [c for c in (bytes_col, uri_col, id_col, prompt_col, name_col, schema_col) if c]
     row_number = 0
     for batch in handle.iter_batches(batch_size=batch_rows, columns=wanted):
         for record in batch.to_pylist():
@@ -114,6 +118,8 @@ def iter_parquet_sources(uri: str, storage: StorageConfig, columns: ParquetColum
             if prompt is not None and not isinstance(prompt, str):
                 prompt = None
             name = record.get(name_col) if name_col else None
+            schema = record.get(schema_col) if schema_col else None
+            schema = schema if isinstance(schema, str) and schema.strip() else None
             if bytes_col:
                 value = record.get(bytes_col)
                 error = None
@@ -124,14 +130,16 @@ def iter_parquet_sources(uri: str, storage: StorageConfig, columns: ParquetColum
                              "expected binary file content")
                     value = None
                 yield source_row(source_id=sid, source_uri=ref, source_row=ref,
-                                 name=name if isinstance(name, str) else None, data=value, prompt=prompt, error=error)
+                                 name=name if isinstance(name, str) else None, data=value, prompt=prompt, error=error,
+                                 json_schema=schema)
             else:
                 target = record.get(uri_col)
                 if not isinstance(target, str) or not target.strip():
                     yield source_row(source_id=sid, source_uri=ref, source_row=ref, prompt=prompt,
                                      error=f"row {n}: the {uri_col!r} column is empty or not a string")
                 else:
-                    yield source_row(source_id=sid, source_uri=target.strip(), source_row=ref, prompt=prompt)
+                    yield source_row(source_id=sid, source_uri=target.strip(), source_row=ref, prompt=prompt,
+                                     json_schema=schema)
 
 
 def parquet_source_ids(uri: str, storage: StorageConfig, columns: ParquetColumns) -> list[str] | None:

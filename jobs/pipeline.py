@@ -38,9 +38,9 @@ import pyarrow.compute as pc
 
 from connectors.sources import expand_inputs
 from connectors.storage import resolve
-from jobs import stages
+from jobs import quality, retry, stages
 from jobs.spec import JobSpec
-from jobs.workarea import OutputLayout, finalize, read_work, resume_state
+from jobs.workarea import OutputLayout, finalize, read_published_segments, read_work, resume_state
 from model.inputs import prompts
 
 log = logging.getLogger("jobs")
@@ -61,6 +61,7 @@ def build_llm_processor(spec: JobSpec):
 
     settings = spec.engine_settings()
     engine_kwargs = settings.ray_engine_kwargs()
+    engine_kwargs.setdefault("structured_outputs_config", quality.STRUCTURED_OUTPUTS_CONFIG)
     on_gpu = settings.resolved_device() == "gpu"
     tp = spec.tensor_parallel_size
     if on_gpu:
@@ -96,10 +97,10 @@ def build_llm_processor(spec: JobSpec):
         tokenize_stage={"enabled": True, "num_cpus": light},
         detokenize_stage={"enabled": True, "num_cpus": light},
     )
-    max_new_tokens = spec.max_new_tokens
+    max_new_tokens, seed = spec.max_new_tokens, spec.seed
     return build_processor(
         config,
-        preprocess=lambda row: stages.to_llm_request(row, max_new_tokens),
+        preprocess=lambda row: stages.to_llm_request(row, max_new_tokens, seed),
         preprocess_map_kwargs={"num_cpus": light},
     ), on_gpu
 
@@ -128,11 +129,18 @@ def ensure_ray(spec: JobSpec) -> None:
 def stream(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, units: list[dict]) -> None:
     import ray
 
+    light = 1.0 if spec.engine_settings().resolved_device() == "gpu" else 0.1
+    ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 200)))
+    ds = ds.flat_map(stages.expand_unit, fn_kwargs={"ctx": ctx}, num_cpus=light)  # read
+    infer_sources(spec, layout, ctx, ds)
+
+
+def infer_sources(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, ds) -> None:
+    """Source rows -> decode+prompt -> infer -> work rows appended to the work area (one engine
+    start). The stream and each retry round (jobs/retry.py) run through here."""
     processor, on_gpu = build_llm_processor(spec)
     decode_cpus = spec.cpus_per_decode_task or (1.0 if on_gpu else 0.5)
     light = 1.0 if on_gpu else 0.1
-    ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 200)))
-    ds = ds.flat_map(stages.expand_unit, fn_kwargs={"ctx": ctx}, num_cpus=light)  # read
     ds = ds.flat_map(stages.decode_source, fn_kwargs={"ctx": ctx}, num_cpus=decode_cpus)  # decode+prompt
     ds = processor(ds)  # infer
     ds = ds.map_batches(stages.work_batch, fn_kwargs={"ctx": ctx}, batch_format="numpy",
@@ -145,7 +153,8 @@ def stream(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, units:
 
 
 def summarize(spec: JobSpec, layout: OutputLayout, sources: pa.Table, *, attempt: str, skipped: int,
-              new_work: pa.Table, started: float, stream_s: float, finalize_s: float) -> dict:
+              new_work: pa.Table, started: float, stream_s: float, finalize_s: float,
+              quality_counts: dict | None = None, retry_rounds: list[dict] | None = None) -> dict:
     rows = sources.to_pylist()
     total = len(rows)
     errors = [r for r in rows if r["status"] != "ok"]
@@ -154,8 +163,8 @@ def summarize(spec: JobSpec, layout: OutputLayout, sources: pa.Table, *, attempt
         key = r["modality"] or "unknown"
         by_modality.setdefault(key, {"ok": 0, "error": 0})["ok" if r["status"] == "ok" else "error"] += 1
     error_rate = len(errors) / total if total else 0.0
-    new_segments = [r for r in new_work.select(["segment_index", "status"]).to_pylist()
-                    if r["segment_index"] != stages.ERROR_SEGMENT]
+    new_segments = [r for r in new_work.select(["segment_index", "status", "retry_round"]).to_pylist()
+                    if r["segment_index"] != stages.ERROR_SEGMENT and not r["retry_round"]]
     new_sources = len(set(new_work.column("source_id").to_pylist())) if new_work.num_rows else 0
     return {
         "run_id": spec.run_id,
@@ -185,6 +194,10 @@ def summarize(spec: JobSpec, layout: OutputLayout, sources: pa.Table, *, attempt
             "items_per_s": round(new_sources / stream_s, 4) if stream_s > 0 else None,
             "segments_per_s": round(len(new_segments) / stream_s, 4) if stream_s > 0 else None,
         },
+        # Output checks: flags (segments and sources), finish reasons, where text came from (model or
+        # PDF text layer), text-layer verdicts of PDF pages, retries.
+        "quality": {**(quality_counts or {}), "retries": spec.retries, "strict": spec.strict,
+                    "retry_rounds_this_invocation": retry_rounds or []},
         "errors_sample": [{"source_uri": r["source_uri"], "error": r["error"]} for r in errors[:20]],
         "tables": {"sources": layout.sources, "segments": layout.segments},
         "summary_path": layout.summary,
@@ -229,6 +242,8 @@ def run_job(spec: JobSpec) -> dict:
         run_id=spec.run_id, attempt=attempt, task=spec.task, storage=spec.storage,
         limits=spec.media_limits(), parquet=spec.parquet, chunk_s=spec.chunk_s, overlap_s=spec.overlap_s,
         max_new_tokens=spec.max_new_tokens, default_tasks=prompts.default_tasks(spec.model),
+        stop_token_ids=quality.checkpoint_stop_ids(spec.model), max_model_len=spec.max_model_len,
+        json_schema=spec.schema_text(), seed=spec.seed,
         done_sources=done, done_segments=partial,
     )
     pending = [u for u in units if not _unit_done(u, done, spec)]
@@ -238,13 +253,18 @@ def run_job(spec: JobSpec) -> dict:
     if pending:
         stream(spec, layout, ctx, pending)
     stream_s = time.time() - stream_started
+    retry_rounds = retry.run_retry_rounds(spec, layout, ctx, infer_sources) if spec.retries else []
     finalize_started = time.time()
     sources = finalize(spec, layout)
     finalize_s = time.time() - finalize_started
-    new_work = read_work(layout, spec, columns=["source_id", "segment_index", "status", "attempt"])
+    new_work = read_work(layout, spec, columns=["source_id", "segment_index", "status", "attempt", "retry_round"])
     new_work = new_work.filter(pc.equal(new_work.column("attempt"), attempt))
+    counts = quality.summary_counts(
+        read_published_segments(spec, layout, ["flags", "finish_reason", "text_source", "text_layer", "attempts"]),
+        sources)
     summary = summarize(spec, layout, sources, attempt=attempt,
                         skipped=len(done),
-                        new_work=new_work, started=started, stream_s=stream_s, finalize_s=finalize_s)
+                        new_work=new_work, started=started, stream_s=stream_s, finalize_s=finalize_s,
+                        quality_counts=counts, retry_rounds=retry_rounds)
     _write_json(layout.summary, summary, spec)
     return summary

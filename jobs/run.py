@@ -37,6 +37,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pdf-dpi", type=float, help="highest PDF render DPI (pages render at the model's size)")
     p.add_argument("--max-pages", type=int, help="page limit per PDF/TIFF (more is an error row)")
     p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--retries", type=int, metavar="N",
+                   help="re-run a truncated/repetitive/invalid-JSON segment up to N times at a raised "
+                        "temperature with a fixed seed, keeping the best attempt (0: flag only)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="a source whose segments are still truncated/repetitive after the retries is an "
+                        "error row (default: ok, with the flags)")
+    p.add_argument("--json-schema", metavar="FILE",
+                   help="structured extraction: decode each page/chunk under this JSON schema (guided "
+                        "decoding) and validate it; results in the `json` columns")
     p.add_argument("--chunk-seconds", type=float, dest="chunk_s")
     p.add_argument("--overlap-seconds", type=float, dest="overlap_s")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"])
@@ -55,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--uri-column")
     p.add_argument("--id-column")
     p.add_argument("--prompt-column")
+    p.add_argument("--schema-column", help="Parquet column with a per-row JSON schema (auto: json_schema)")
     p.add_argument("--s3-endpoint", help="overrides AWS_ENDPOINT_URL / the profile's endpoint_url")
     return p
 
@@ -66,7 +76,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     flags = {k: v for k, v in vars(args).items() if v is not None and k != "spec"}
     if "actors" in flags:
         flags["actors_min"], flags["actors_max"] = flags.pop("actors")
-    columns = {k: flags.pop(k) for k in ("bytes_column", "uri_column", "id_column", "prompt_column") if k in flags}
+    columns = {k: flags.pop(k) for k in ("bytes_column", "uri_column", "id_column", "prompt_column", "schema_column")
+               if k in flags}
     if columns:
         data["parquet"] = {**(data.get("parquet") or {}), **columns}
     if "s3_endpoint" in flags:
@@ -92,6 +103,11 @@ def print_summary(summary: dict) -> None:
           f"tokens in/out: {s['tokens']['input']}/{s['tokens']['output']}")
     print(f"this invocation: {inv['sources_processed']} sources processed, {inv['sources_skipped_as_done']} "
           f"already done, {inv['segments_inferred']} segments inferred, {inv['items_per_s']} items/s")
+    q = s.get("quality") or {}
+    if q.get("flags"):
+        flags = ", ".join(f"{name} {c['segments']} ({c['sources']} sources)" for name, c in q["flags"].items())
+        print(f"output checks: {flags}; text from {json.dumps(q.get('text_source', {}))}; "
+              f"retried {q.get('segments_retried', 0)} segments, {q.get('segments_recovered_by_retry', 0)} now clean")
     for err in s["errors_sample"][:10]:
         print(f"  error: {err['source_uri']}: {err['error']}")
     print(f"error rate {s['error_rate']:.3f} (threshold {s['error_threshold']}): "

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from connectors.sources import ParquetColumns
+from jobs import quality
 from connectors.storage import StorageConfig
 from model.engine import EngineSettings
 from model.inputs.media import MediaLimits
@@ -34,6 +35,17 @@ class JobSpec:
     pdf_dpi: float = 300.0
     max_pages: int = 10_000
     max_new_tokens: int = 512
+    # Output checks (jobs/quality.py). A segment flagged truncated/repetitive/invalid_json is run
+    # again up to `retries` times at a raised temperature with a fixed seed; the best attempt is
+    # kept. Off by default: each round costs an engine start and re-decoding its sources, and a page
+    # longer than max_new_tokens is truncated again at any temperature (docs/batch.md).
+    # `strict`: a source whose segments are still truncated/repetitive after that becomes an error
+    # row instead of an ok row carrying the flags.
+    retries: int = 0
+    strict: bool = False
+    # Structured extraction: a JSON schema (inline JSON text, a mapping, or a local/s3 path to a
+    # .json file). Each page/chunk is decoded under the schema (vLLM guided decoding) and validated.
+    json_schema: str | dict | None = None
     # Audio longer than the 30 s window is cut into chunks of chunk_s with overlap_s of overlap.
     chunk_s: float = 30.0
     overlap_s: float = 2.0
@@ -71,6 +83,9 @@ class JobSpec:
             raise ValueError("actor pool needs 1 <= actors_min <= actors_max")
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_concurrent_batches < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
+        if self.retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.schema_text()  # validates the JSON schema (and reads its file once)
         if self.run_date is None:
             self.run_date = dt.datetime.now(dt.timezone.utc).date().isoformat()
         dt.date.fromisoformat(self.run_date)  # validates the format
@@ -84,11 +99,36 @@ class JobSpec:
     def default_run_id(self) -> str:
         """Same date + same inputs + same task/model settings -> same id, so re-running the same
         nightly command resumes (or is a no-op) instead of starting a second run."""
-        key = json.dumps([sorted(self.inputs), self.task, pathlib.PurePath(self.model).name,
-                          self.image_tokens, self.pdf_dpi, self.max_new_tokens, self.chunk_s, self.overlap_s])
+        fields = [sorted(self.inputs), self.task, pathlib.PurePath(self.model).name,
+                  self.image_tokens, self.pdf_dpi, self.max_new_tokens, self.chunk_s, self.overlap_s]
+        # Settings that change what is computed, only when set (ids of earlier runs stay the same).
+        if self.schema_text() is not None:
+            fields.append(["json_schema", self.schema_text()])
+        key = json.dumps(fields)
         return f"{self.run_date.replace('-', '')}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
     # -- derived settings ----------------------------------------------------------------------
+    def schema_text(self) -> str | None:
+        """The job's JSON schema as compact JSON text (read once from its file), or None."""
+        if self.json_schema is None:
+            return None
+        cached = getattr(self, "_schema_text", None)
+        if cached is None:
+            value = self.json_schema
+            if isinstance(value, str) and not value.lstrip().startswith("{"):
+                from connectors.storage import read_bytes
+
+                try:
+                    value = read_bytes(value, self.storage, max_bytes=1 << 20).decode("utf-8")
+                except Exception as exc:  # noqa: BLE001 - missing file, bad encoding
+                    raise ValueError(f"cannot read the JSON schema {self.json_schema!r}: {exc}") from None
+            try:
+                cached = quality.canonical_schema(value)
+            except ValueError as exc:
+                raise ValueError(f"json_schema: {exc}") from None
+            object.__setattr__(self, "_schema_text", cached)
+        return cached
+
     def media_limits(self) -> MediaLimits:
         return MediaLimits(pdf_dpi=self.pdf_dpi, max_pages=self.max_pages)
 

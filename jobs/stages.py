@@ -23,9 +23,15 @@ import pyarrow as pa
 
 from connectors.sources import ParquetColumns, file_source, iter_parquet_sources
 from connectors.storage import StorageConfig, StorageError, read_bytes
+from jobs import quality
 from model.inputs import audio_chunks, media, prompts
 
 ERROR_SEGMENT = -1  # segment_index of a source that failed before it had segments
+# `__inference_error__` value of a segment whose text needs no engine call (a PDF page's usable text
+# layer under `--pdf-text prefer`): ray.data.llm passes rows with that column set through every
+# stage untouched (the mechanism it has for failed rows), and `collect_segment` turns it back into
+# an ok segment. Splitting the stream instead would re-run the read and decode for each branch.
+NO_INFERENCE = "__no_inference__:text_layer"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +45,12 @@ class StageContext:
     chunk_s: float
     overlap_s: float
     max_new_tokens: int
+    # Output checks: the checkpoint's stop token ids and the context length (finish_reason), the
+    # job's JSON schema (compact text; a Parquet schema column overrides it per row).
+    stop_token_ids: frozenset = frozenset()
+    max_model_len: int | None = None
+    json_schema: str | None = None
+    seed: int = 0
     # What task `auto` means per modality for this checkpoint (`prompts.default_tasks`).
     default_tasks: dict = dataclasses.field(default_factory=lambda: dict(prompts.DEFAULT_TASKS))
     # Resume state: sources finished in earlier invocations, and finished segments of sources
@@ -68,6 +80,7 @@ def _request(source: dict, **fields) -> dict:
         modality=None, format=None, segment_index=ERROR_SEGMENT, num_segments=0, page=None,
         start_s=None, end_s=None, duration_s=None, source_bytes=None, decode_s=0.0,
         messages_json=None, error=None, error_stage=None,
+        text_source="model", retry_round=int(source.get("retry_round") or 0), json_schema=None,
     )
     base.update(fields)
     return base
@@ -93,11 +106,18 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
         yield _request(source, error=f"cannot read {source['source_uri']}: {exc}", error_stage="read")
         return
     skip = ctx.done_segments.get(source["source_id"], ())
+    only = source.get("retry_segments")  # a retry pass: just these segments
+    only = None if only is None else frozenset(int(i) for i in only)
+
+    def wanted(index: int) -> bool:
+        return index in only if only is not None else index not in skip
+
     known: dict = {}
     try:
         kind, fmt = media.sniff_kind(data, source.get("name"))
         known = dict(modality="audio" if kind == "audio" else "document", format=fmt)
         task = source.get("prompt") or ctx.task
+        schema = _row_schema(source) or ctx.json_schema
         if kind == "audio":
             audio = media.decode_audio(data, ctx.limits)
             chunks = audio_chunks.plan_chunks(len(audio), chunk_s=ctx.chunk_s, overlap_s=ctx.overlap_s)
@@ -107,9 +127,10 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
             requests = (dict(segment_index=c.index, start_s=c.start_s, end_s=c.end_s,
                              messages_json=json.dumps(prompts.messages_for_item(
                                  task, "audio", audio=audio[c.start_sample:c.end_sample],
-                                 defaults=ctx.default_tasks)))
-                        for c in chunks if c.index not in skip)
-            common = dict(modality="audio", format=fmt, num_segments=len(chunks), duration_s=duration)
+                                 defaults=ctx.default_tasks, json_schema=schema)))
+                        for c in chunks if wanted(c.index))
+            common = dict(modality="audio", format=fmt, num_segments=len(chunks), duration_s=duration,
+                          json_schema=schema)
         else:
             # Pages are collected first: a page that fails to render fails the whole source (one
             # error row), so no page of it may have been emitted yet.
@@ -118,11 +139,12 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
             count = 0
             for index, page in enumerate(pages):
                 count += 1
-                if index in skip:
+                if not wanted(index):
                     continue
-                messages = prompts.messages_for_item(task, "document", image=page, defaults=ctx.default_tasks)
+                messages = prompts.messages_for_item(task, "document", image=page, defaults=ctx.default_tasks,
+                                                     json_schema=schema)
                 requests.append(dict(segment_index=index, page=index + 1, messages_json=json.dumps(messages)))
-            common = dict(modality="document", format=fmt, num_segments=count)
+            common = dict(modality="document", format=fmt, num_segments=count, json_schema=schema)
     except (media.MediaError, ValueError) as exc:
         yield _request(source, error=str(exc), error_stage="decode", source_bytes=len(data), **known)
         return
@@ -133,6 +155,17 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
     elapsed = (time.perf_counter() - started) / max(common["num_segments"], 1)
     for request in requests:
         yield _request(source, **common, **request, source_bytes=len(data), decode_s=elapsed)
+
+
+def _row_schema(source: dict) -> str | None:
+    """A Parquet row's own JSON schema (compact text); ValueError when it is not a usable schema."""
+    value = source.get("json_schema")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return quality.canonical_schema(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"the row's JSON schema column: {exc}") from None
 
 
 # -- infer (ray.data.llm pre-processing) ----------------------------------------------------------
@@ -158,19 +191,36 @@ class OpaqueRow:
         return 0
 
 
-def to_llm_request(row: dict, max_new_tokens: int) -> dict:
-    """Processor preprocess: a request for the engine, or a pass-through error row.
+def sampling_params(row: dict, max_new_tokens: int, seed: int = 0) -> dict:
+    """Greedy on the first pass: batch output must be reproducible (same token ids as a direct
+    engine call). Retry round k: the round's temperature and fixed seed (`quality.retry_sampling`).
+    A JSON schema: guided decoding (vLLM structured outputs through ray.data.llm)."""
+    params: dict = {"temperature": 0.0, "max_tokens": max_new_tokens}
+    round_index = int(row.get("retry_round") or 0)
+    if round_index > 0:
+        params.update(quality.retry_sampling(round_index, seed=seed, source_id=str(row["source_id"]),
+                                             segment_index=int(row["segment_index"])))
+    schema = _str(row.get("json_schema"))
+    if schema:
+        params["structured_outputs"] = {"json": schema}
+    return params
+
+
+def to_llm_request(row: dict, max_new_tokens: int, seed: int = 0) -> dict:
+    """Processor preprocess: a request for the engine, or a pass-through row.
 
     Rows with `__inference_error__` set skip every ray.data.llm stage unchanged; that is how rows
-    that already failed to decode travel through the processor without an engine call.
+    that already failed to decode, and pages whose text layer is used as is, travel through the
+    processor without an engine call.
     """
     if row.get("error"):
         return {"__inference_error__": f"[{row['error_stage']}] {row['error']}", "_opaque": OpaqueRow()}
+    if row.get("text_source") == "pdf_text":
+        return {"__inference_error__": NO_INFERENCE, "_opaque": OpaqueRow()}
     return {
         "_opaque": OpaqueRow(),
         "messages": json.loads(row["messages_json"]),
-        # Greedy: batch output must be reproducible (same token ids as a direct engine call).
-        "sampling_params": {"temperature": 0.0, "max_tokens": max_new_tokens},
+        "sampling_params": sampling_params(row, max_new_tokens, seed),
     }
 
 
@@ -196,18 +246,40 @@ def _float(value) -> float | None:
 
 
 def collect_segment(row: dict, ctx: StageContext) -> dict:
-    """Processor output (success, engine error or pass-through error) -> work row."""
+    """Processor output (success, engine error, pass-through error or text-layer row) -> work row,
+    with the output checks: finish_reason, quality flags and, with a schema, JSON validation."""
     error, stage = _str(row.get("error")), _str(row.get("error_stage"))
     tokens = row.get("generated_tokens")
     tokens = None if tokens is None or (not hasattr(tokens, "__len__") and _missing(tokens)) else tokens
+    text_source = _str(row.get("text_source")) or "model"
+    from_layer = False
     if not error:
         engine_error = _str(row.get("__inference_error__"))
-        if engine_error:
+        if engine_error == NO_INFERENCE:
+            from_layer = True
+        elif engine_error:
             error, stage = f"inference failed: {engine_error}", "infer"
         elif tokens is None:
             error, stage = "inference produced no output for this item", "infer"
     ok = error is None
-    token_ids = [int(t) for t in tokens] if ok else None
+    token_ids = [int(t) for t in tokens] if ok and not from_layer else None
+    text = None
+    finish, flags, json_text = None, [], None
+    if ok and from_layer:
+        text = _str(row.get("pdf_text")) or ""
+    elif ok:
+        text = _str(row.get("generated_text")) or ""
+        finish = quality.finish_reason(token_ids, max_tokens=ctx.max_new_tokens, stop_ids=ctx.stop_token_ids,
+                                       prompt_tokens=_int(row.get("num_input_tokens")) or 0,
+                                       max_model_len=ctx.max_model_len)
+        flags = quality.generation_flags(token_ids, finish)
+        schema = _str(row.get("json_schema"))
+        if schema:
+            json_text, problem = quality.check_json(text, schema)
+            if problem:
+                flags.append(quality.INVALID_JSON)
+                ok, error, stage = False, problem, "validate"
+    model_ran = token_ids is not None
     return dict(
         source_id=str(row["source_id"]), source_uri=str(row["source_uri"]), source_row=_str(row.get("source_row")),
         segment_index=int(row["segment_index"]), num_segments=_int(row.get("num_segments")) or 0,
@@ -215,12 +287,14 @@ def collect_segment(row: dict, ctx: StageContext) -> dict:
         page=_int(row.get("page")), start_s=_float(row.get("start_s")), end_s=_float(row.get("end_s")),
         duration_s=_float(row.get("duration_s")), source_bytes=_int(row.get("source_bytes")),
         status="ok" if ok else "error", error=error, error_stage=stage,
-        text=(_str(row.get("generated_text")) or "") if ok else None,
+        text=text,
         output_token_ids=token_ids,
-        input_tokens=(_int(row.get("num_input_tokens")) or 0) if ok else 0,
-        output_tokens=len(token_ids) if ok else 0,
+        input_tokens=(_int(row.get("num_input_tokens")) or 0) if model_ran else 0,
+        output_tokens=len(token_ids) if model_ran else 0,
         decode_s=_float(row.get("decode_s")) or 0.0,
-        infer_s=max(_float(row.get("time_taken_llm")) or 0.0, 0.0) if ok else 0.0,
+        infer_s=max(_float(row.get("time_taken_llm")) or 0.0, 0.0) if model_ran else 0.0,
+        finish_reason=finish, flags=flags, text_source=text_source, text_layer=_str(row.get("text_layer")),
+        json=json_text, retry_round=_int(row.get("retry_round")) or 0,
         run_id=ctx.run_id, attempt=ctx.attempt, written_at=time.time(),
     )
 
@@ -235,6 +309,8 @@ WORK_SCHEMA = pa.schema([
     ("text", pa.string()), ("output_token_ids", pa.list_(pa.int32())),
     ("input_tokens", pa.int32()), ("output_tokens", pa.int32()),
     ("decode_s", pa.float64()), ("infer_s", pa.float64()),
+    ("finish_reason", pa.string()), ("flags", pa.list_(pa.string())), ("text_source", pa.string()),
+    ("text_layer", pa.string()), ("json", pa.string()), ("retry_round", pa.int32()),
     ("run_id", pa.string()), ("attempt", pa.string()), ("written_at", pa.float64()),
 ])
 
@@ -255,8 +331,10 @@ SOURCE_SCHEMA = pa.schema([
     ("text", pa.string()), ("num_segments", pa.int32()), ("modality", pa.string()),
     ("format", pa.string()), ("pages", pa.int32()), ("duration_s", pa.float64()),
     ("source_bytes", pa.int64()), ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
-    ("decode_s", pa.float64()), ("infer_s", pa.float64()), ("run_id", pa.string()),
-    ("finished_at", pa.timestamp("us", tz="UTC")),
+    ("decode_s", pa.float64()), ("infer_s", pa.float64()),
+    ("flags", pa.list_(pa.string())), ("text_source", pa.string()), ("pdf_text_pages", pa.int32()),
+    ("retried_segments", pa.int32()), ("json", pa.string()),
+    ("run_id", pa.string()), ("finished_at", pa.timestamp("us", tz="UTC")),
 ])
 
 SEGMENT_SCHEMA = pa.schema([
@@ -264,25 +342,56 @@ SEGMENT_SCHEMA = pa.schema([
     ("status", pa.string()), ("error", pa.string()), ("text", pa.string()),
     ("page", pa.int32()), ("start_s", pa.float64()), ("end_s", pa.float64()),
     ("modality", pa.string()), ("input_tokens", pa.int32()), ("output_tokens", pa.int32()),
-    ("output_token_ids", pa.list_(pa.int32())), ("infer_s", pa.float64()), ("run_id", pa.string()),
+    ("output_token_ids", pa.list_(pa.int32())), ("infer_s", pa.float64()),
+    ("finish_reason", pa.string()), ("flags", pa.list_(pa.string())), ("text_source", pa.string()),
+    ("text_layer", pa.string()), ("json", pa.string()), ("attempts", pa.int32()), ("retry_round", pa.int32()),
+    ("run_id", pa.string()),
 ])
 
 
-def assemble_source(rows: list[dict]) -> tuple[dict, list[dict]]:
-    """All work rows of one source (any order, possibly from several attempts) -> (source row,
-    segment rows). Resume duplicates are resolved here: one row per segment, the latest wins, and
-    an early failure marker is dropped once a later attempt produced segments."""
+def _best_attempt(attempts: list[dict]) -> dict:
+    """The attempt to keep for one segment: the least degenerate (`quality.badness`), then the
+    earliest retry round (the greedy first pass wins ties), then the latest write (a resumed run
+    may have written the same round twice)."""
+    return min(attempts, key=lambda r: (quality.badness(r["status"], r.get("flags") or ()),
+                                        r.get("retry_round") or 0, -r["written_at"]))
+
+
+def _where(segment: dict) -> str:
+    if segment["page"] is not None:
+        return f"page {segment['page']}"
+    return f"{segment['start_s']:.1f}-{segment['end_s']:.1f} s"
+
+
+def assemble_source(rows: list[dict], *, strict: bool = False) -> tuple[dict, list[dict]]:
+    """All work rows of one source (any order, possibly from several invocations and retry rounds)
+    -> (source row, segment rows). One row per segment: the best attempt (`_best_attempt`); an
+    early failure marker is dropped once a later invocation produced segments.
+
+    Segments still flagged `truncated`/`repetitive` after the retries leave the source `ok` with
+    those flags (its other pages are good and the flags make it filterable); with `strict` the source
+    becomes an error (`error_stage` "quality"). A segment whose JSON does not validate is an error
+    either way, and so is its source."""
     rows = sorted(rows, key=lambda r: r["written_at"])
-    latest: dict[int, dict] = {}
+    by_segment: dict[int, list[dict]] = {}
     for row in rows:
-        latest[row["segment_index"]] = row
-    marker = latest.pop(ERROR_SEGMENT, None)
-    if marker is not None and latest and max(r["written_at"] for r in latest.values()) > marker["written_at"]:
-        marker = None  # a later attempt got past the failure
-    segments = [latest[i] for i in sorted(latest)]
+        by_segment.setdefault(row["segment_index"], []).append(row)
+    markers = by_segment.pop(ERROR_SEGMENT, None)
+    marker = markers[-1] if markers else None
+    latest_segment = max((r["written_at"] for group in by_segment.values() for r in group), default=None)
+    if marker is not None and latest_segment is not None and latest_segment > marker["written_at"]:
+        marker = None  # a later invocation got past the failure
+    segments = []
+    for index in sorted(by_segment):
+        group = by_segment[index]
+        kept = dict(_best_attempt(group))
+        kept["attempts"] = len({r.get("retry_round") or 0 for r in group if r.get("text_source", "model") == "model"})
+        kept["flags"] = list(kept.get("flags") or [])
+        segments.append(kept)
     head = (marker or segments[0]) if (marker or segments) else None
     expected = max((r["num_segments"] for r in segments), default=0)
     ok_segments = [s for s in segments if s["status"] == "ok"]
+    degenerate = [s for s in ok_segments if quality.needs_retry(s["flags"])]
     if marker is not None:
         status, error, stage = "error", marker["error"], marker["error_stage"]
         segments = []
@@ -290,11 +399,13 @@ def assemble_source(rows: list[dict]) -> tuple[dict, list[dict]]:
         status, error, stage = "error", f"only {len(segments)} of {expected} segments were processed", "infer"
     elif len(ok_segments) < len(segments):
         bad = next(s for s in segments if s["status"] != "ok")
-        where = f"page {bad['page']}" if bad["page"] is not None else f"{bad['start_s']:.1f}-{bad['end_s']:.1f} s"
-        status, error, stage = "error", f"{len(segments) - len(ok_segments)} of {len(segments)} segments failed; {where}: {bad['error']}", bad["error_stage"]
+        status, error, stage = "error", f"{len(segments) - len(ok_segments)} of {len(segments)} segments failed; {_where(bad)}: {bad['error']}", bad["error_stage"]
+    elif strict and degenerate:
+        shown = "; ".join(f"{_where(s)} {', '.join(s['flags'])} after {s['attempts']} attempt(s)" for s in degenerate[:5])
+        status, error, stage = "error", f"{len(degenerate)} of {len(segments)} segments are still degenerate ({shown}); raise --max-new-tokens or --retries, or run without --strict to keep them flagged", "quality"
     else:
         status, error, stage = "ok", None, None
-    text = None
+    text = json_text = None
     if status == "ok":
         if head["modality"] == "audio":
             chunks = [audio_chunks.Chunk(s["segment_index"], round(s["start_s"] * 16000), round(s["end_s"] * 16000))
@@ -302,19 +413,29 @@ def assemble_source(rows: list[dict]) -> tuple[dict, list[dict]]:
             text, _ = audio_chunks.stitch(chunks, [s["text"] or "" for s in segments])
         else:
             text = "\n\n".join((s["text"] or "").strip() for s in segments)
+        if any(s.get("json") is not None for s in segments):
+            # One JSON value per page/chunk, in order: the schema describes one page.
+            json_text = "[" + ",".join(s.get("json") or "null" for s in segments) + "]"
+    sources_of_text = {s.get("text_source") or "model" for s in segments}
+    is_document = head["modality"] == "document"
     source = dict(
         source_id=head["source_id"], source_uri=head["source_uri"], source_row=head["source_row"],
         status=status, error=error, error_stage=stage, text=text,
         num_segments=len(segments), modality=head["modality"], format=head["format"],
-        pages=len(segments) if head["modality"] == "document" and segments else None,
+        pages=len(segments) if is_document and segments else None,
         duration_s=head["duration_s"], source_bytes=head["source_bytes"],
         input_tokens=sum(s["input_tokens"] for s in segments),
         output_tokens=sum(s["output_tokens"] for s in segments),
         decode_s=sum(s["decode_s"] for s in segments) if segments else head["decode_s"],
-        infer_s=sum(s["infer_s"] for s in segments), run_id=head["run_id"],
+        infer_s=sum(s["infer_s"] for s in segments),
+        flags=sorted({f for s in segments for f in s["flags"]}),
+        text_source=(sources_of_text.pop() if len(sources_of_text) == 1 else "mixed") if segments else None,
+        pdf_text_pages=sum(1 for s in segments if s.get("text_source") == "pdf_text") if is_document else None,
+        retried_segments=sum(1 for s in segments if s["attempts"] > 1),
+        json=json_text, run_id=head["run_id"],
         finished_at=dt.datetime.fromtimestamp(max(r["written_at"] for r in rows), dt.timezone.utc),
     )
     segment_rows = [
-        {k: s[k] for k in SEGMENT_SCHEMA.names if k in s} for s in segments
+        {k: s.get(k) for k in SEGMENT_SCHEMA.names} for s in segments
     ]
     return source, segment_rows

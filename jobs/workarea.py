@@ -96,12 +96,13 @@ def finalize(spec: JobSpec, layout: OutputLayout) -> pa.Table:
     work = read_work(layout, spec)
     if work.num_rows == 0:
         raise RuntimeError("nothing was processed: the work area is empty")
+    strict = spec.strict
 
     def _assemble(kind: str):
         schema = stages.SOURCE_SCHEMA if kind == "source" else stages.SEGMENT_SCHEMA
 
         def fn(group: pa.Table) -> pa.Table:
-            source, segments = stages.assemble_source(group.to_pylist())
+            source, segments = stages.assemble_source(group.to_pylist(), strict=strict)
             return pa.Table.from_pylist([source] if kind == "source" else segments, schema=schema)
 
         return fn
@@ -142,3 +143,15 @@ def _publish(spec: JobSpec, staging: str, target: str, run_id: str) -> None:
     staged = sorted(p for _, p in _list_parquet(staging, spec.storage))
     for index, path in enumerate(staged):
         fs.move(path, f"{target_path}/{run_id}_{index:05d}.parquet")
+
+
+def read_published_segments(spec: JobSpec, layout: OutputLayout, columns: list[str]) -> pa.Table:
+    """Columns of this run's published segments/ files (the summary's output-check counts)."""
+    tables = []
+    for fs, path in _list_parquet(layout.segments, spec.storage):
+        if os.path.basename(path).startswith(f"{layout.run_id}_"):
+            with fs.open_input_file(path) as handle:
+                tables.append(pq.read_table(handle, columns=columns))
+    if not tables:
+        return pa.schema([stages.SEGMENT_SCHEMA.field(c) for c in columns]).empty_table()
+    return pa.concat_tables(tables)

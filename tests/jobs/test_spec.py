@@ -30,7 +30,9 @@ def test_run_id_changes_with_inputs_and_date():
 
 
 @pytest.mark.parametrize("bad", [dict(image_tokens=100), dict(error_threshold=2), dict(run_date="22/11/2026"),
-                                 dict(actors_min=3, actors_max=2), dict(run_id="a b"), dict(pdf_dpi=0)])
+                                 dict(actors_min=3, actors_max=2), dict(run_id="a b"), dict(pdf_dpi=0),
+                                 dict(retries=-1), dict(json_schema='{"type": 3}'),
+                                 dict(json_schema="/nonexistent/schema.json")])
 def test_invalid_specs_refused(bad):
     with pytest.raises(ValueError):
         JobSpec(inputs=["x"], output="o", model="m", **bad)
@@ -41,3 +43,20 @@ def test_unknown_yaml_field_refused(tmp_path):
     path.write_text("inputs: [a]\noutput: o\nmodel: m\nbatchsize: 3\n")
     with pytest.raises(ValueError, match="batchsize"):
         JobSpec.from_yaml(path)
+
+
+def test_docparse_options_from_flags(tmp_path):
+    schema = tmp_path / "invoice.schema.json"
+    schema.write_text('{"type": "object", "properties": {"total": {"type": "number"}}}')
+    base = ["--input", "s3://x/", "--output", "o", "--model", "m", "--run-date", "2026-11-22"]
+    plain = spec_from_args(parser().parse_args(base))
+    assert (plain.retries, plain.strict, plain.json_schema) == (0, False, None)
+    spec = spec_from_args(parser().parse_args(base + ["--retries", "3", "--strict",
+                                                      "--json-schema", str(schema), "--schema-column", "sch"]))
+    assert (spec.retries, spec.strict, spec.parquet.schema_column) == (3, True, "sch")
+    assert spec.schema_text() == '{"type":"object","properties":{"total":{"type":"number"}}}'
+    # What is computed changes the run id; the defaults keep earlier runs' ids.
+    assert spec.run_id != plain.run_id
+    assert JobSpec(inputs=["s3://x/"], output="o", model="m", run_date="2026-11-22", retries=2).run_id == plain.run_id
+    inline = JobSpec(inputs=["s3://x/"], output="o", model="m", json_schema={"type": "object"})
+    assert inline.schema_text() == '{"type":"object"}' and JobSpec.from_dict(inline.to_dict()).schema_text() == inline.schema_text()
