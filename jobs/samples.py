@@ -158,33 +158,69 @@ def tiff16_page(dpi: int = 300, paper: str = "A4", *, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def text_pdf(pages: int | list[str], size: tuple[float, float] = (595.0, 842.0), *, lines: int = 30) -> bytes:
-    """A born-digital PDF (Helvetica text, a real text layer), one page per text, written directly.
+def _pdf_string(text: str) -> bytes:
+    return b"(" + text.encode("latin-1", "replace").replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)") + b")"
 
-    `pages` may be a count: page i then says "Page i" followed by sample sentences. Cheap at any page
-    count (a 2,000-page file is about 2 MB), so scale tests do not need a stored fixture."""
-    texts = ([f"Page {i + 1}. " + " ".join(SAMPLE_TEXTS) for i in range(pages)] if isinstance(pages, int)
-             else list(pages))
+
+def _wrap_rows(text: str, width: int = 80) -> list[str]:
+    rows, line = [], ""
+    for word in text.split():
+        if line and len(line) + len(word) + 1 > width:
+            rows.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return rows + [line]
+
+
+def text_pdf(pages: int | list[str] | list[list[str]], size: tuple[float, float] = (595.0, 842.0), *,
+             lines: int = 30, font_size: float = 11.0, garbled: bool = False, invisible: bool = False,
+             scan_under: bool = False) -> bytes:
+    """A born-digital PDF (Helvetica, one of the standard fonts every reader has: a real text layer),
+    written directly: objects, a content stream per page, xref. Cheap at any page count (a 2,000-page
+    file is about 2 MB), so scale tests do not need a stored fixture.
+
+    `pages`: a count (page i says "Page i" followed by sample sentences), texts (wrapped at 80
+    characters, at most `lines` rows), or lists of lines (set as given: pdfium extracts exactly
+    `"\\n".join(lines)`).
+    `garbled`: the font's ToUnicode map sends every code to the private use area (what a badly embedded
+    font gives: it renders, its text is garbage). `invisible`: text render mode 3 over a page-sized
+    image (an earlier OCR's layer over a scan). `scan_under`: the same image under visible text."""
+    if isinstance(pages, int):
+        pages = [f"Page {i + 1}. " + " ".join(SAMPLE_TEXTS) for i in range(pages)]
+    page_rows = [_wrap_rows(p)[:lines] if isinstance(p, str) else list(p) for p in pages]
     width, height = size
-    objects: list[bytes] = [b"", b"", b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    objects: list[bytes] = [b"", b""]  # catalog, page tree: filled in below
+
+    def add(body: bytes) -> int:
+        objects.append(body)
+        return len(objects)
+
+    def stream(content: bytes, extra: bytes = b"") -> bytes:
+        return b"<< /Length %d %s>>\nstream\n%s\nendstream" % (len(content), extra, content)
+
+    font_extra = b""
+    if garbled:
+        cmap = (b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /Garbled def "
+                b"1 begincodespacerange <00> <FF> endcodespacerange 1 beginbfrange <00> <FF> <E000> endbfrange "
+                b"endcmap CMapName currentdict /CMap defineresource pop end end")
+        font_extra = b" /ToUnicode %d 0 R" % add(stream(cmap))
+    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding%s >>" % font_extra)
+    image = None
+    if invisible or scan_under:  # a 4x4 light-grey "scan", stretched over the page
+        image = add(stream(bytes([235]) * 16, b"/Type /XObject /Subtype /Image /Width 4 /Height 4 "
+                                              b"/ColorSpace /DeviceGray /BitsPerComponent 8 "))
     kids = []
-    for text in texts:
-        rows, line = [], ""
-        for word in text.split():
-            if len(line) + len(word) + 1 > 80:
-                rows.append(line)
-                line = word
-            else:
-                line = f"{line} {word}".strip()
-        rows = (rows + [line])[:lines]
-        body = "BT /F1 11 Tf 14 TL 56 %.0f Td " % (height - 72)
-        body += " ".join("(%s) '" % r.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for r in rows)
-        stream = (body + " ET").encode("latin-1", "replace")
-        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
-        content_id = len(objects)
-        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Resources << /Font << /F1 3 0 R >> >> "
-                       b"/Contents %d 0 R >>" % (width, height, content_id))
-        kids.append(len(objects))
+    for rows in page_rows:
+        ops = [b"q %.2f 0 0 %.2f 0 0 cm /Im1 Do Q" % (width, height)] if image is not None else []
+        ops.append(b"BT /F1 %g Tf %g TL %s 56 %.0f Td" % (font_size, round(font_size * 1.3), b"3 Tr" if invisible else b"0 Tr",
+                                                          height - 72))
+        ops += [_pdf_string(row) + b" Tj T*" for row in rows]
+        ops.append(b"ET")
+        content = add(stream(b"\n".join(ops)))
+        xobjects = b" /XObject << /Im1 %d 0 R >>" % image if image is not None else b""
+        kids.append(add(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Resources << /Font << /F1 %d 0 R >>%s >> "
+                        b"/Contents %d 0 R >>" % (width, height, font, xobjects, content)))
     objects[0] = b"<< /Type /Catalog /Pages 2 0 R >>"
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % k for k in kids), len(kids))
     out = io.BytesIO()
@@ -198,3 +234,11 @@ def text_pdf(pages: int | list[str], size: tuple[float, float] = (595.0, 842.0),
     out.write(b"".join(b"%010d 00000 n \n" % o for o in offsets))
     out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
     return out.getvalue()
+
+
+BORN_DIGITAL_PAGES = [
+    ["Quarterly report 2026", "Revenue grew by seven percent to 4.2 million EUR.",
+     "Operating costs fell by two percent; the margin rose to 18 percent.", "Outlook: stable demand in Q1."],
+    ["Invoice 4521 (customer 88213)", "Item A: 3 x 120.00 EUR = 360.00 EUR",
+     "Item B: 1 x 890.00 EUR = 890.00 EUR", "Total due: 1,250.00 EUR by 2026-12-01"],
+]
