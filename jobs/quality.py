@@ -5,10 +5,11 @@ Flags (a segment's `flags` column, a list of strings; the source row holds their
 
 * `truncated`    - generation ended at the token limit (`finish_reason == "length"`): the page or
                    chunk was cut off. Raise `--max-new-tokens` if pages are long; loops end here too.
-* `repetitive`   - the output ends in one n-gram repeated: the last `copies * n` generated tokens are
-                   `copies` consecutive copies of an n-gram with n <= REPEAT_MAX_NGRAM tokens,
-                   copies >= REPEAT_MIN_COPIES and copies * n >= REPEAT_MIN_TOKENS (a loop; a table
-                   of many identical rows at the end of a page can also trip it).
+* `repetitive`   - the output's tail repeats one n-gram: for some period n <= REPEAT_MAX_NGRAM tokens,
+                   the last W = max(REPEAT_MIN_TOKENS, REPEAT_MIN_COPIES * n) generated tokens (a
+                   trailing stop token excluded) equal the token n places earlier at >=
+                   REPEAT_MIN_MATCH of their positions: a loop, tolerant of an odd token in it (a
+                   table ending in many identical rows can trip it too).
 * `invalid_json` - with a JSON schema: the output is not JSON, or does not validate against it.
 
 Token ids, not text, are checked: it is what the model loops on, and it needs no normalisation.
@@ -34,7 +35,8 @@ RETRY_FLAGS = (INVALID_JSON, REPETITIVE, TRUNCATED)
 
 REPEAT_MAX_NGRAM = 64
 REPEAT_MIN_COPIES = 3
-REPEAT_MIN_TOKENS = 48
+REPEAT_MIN_TOKENS = 32
+REPEAT_MIN_MATCH = 0.9
 
 # Retry round k (1..N) samples at temperature min(RETRY_TEMPERATURE_STEP * k, RETRY_TEMPERATURE_MAX)
 # with a seed fixed per (run seed, source, segment, round): greedy decoding would repeat the same
@@ -91,28 +93,33 @@ def finish_reason(token_ids: Sequence[int], *, max_tokens: int, stop_ids: Iterab
     return FINISH_STOP
 
 
-def repeated_tail(token_ids: Sequence[int], *, max_ngram: int = REPEAT_MAX_NGRAM,
-                  min_copies: int = REPEAT_MIN_COPIES, min_tokens: int = REPEAT_MIN_TOKENS) -> tuple[int, int] | None:
-    """(n, copies) of the shortest n-gram the output ends repeating past the threshold, else None.
-    A loop cut mid-copy still counts: the tail of a periodic sequence is periodic."""
-    tokens = list(token_ids)
-    size = len(tokens)
-    for n in range(1, min(max_ngram, size // min_copies) + 1):
-        unit = tokens[size - n:]
-        copies = 1
-        while (copies + 1) * n <= size and tokens[size - (copies + 1) * n: size - copies * n] == unit:
-            copies += 1
-        if copies >= min_copies and copies * n >= min_tokens:
-            return n, copies
+def repeated_tail(token_ids: Sequence[int], *, stop_ids: Iterable[int] = (), max_ngram: int = REPEAT_MAX_NGRAM,
+                  min_copies: int = REPEAT_MIN_COPIES, min_tokens: int = REPEAT_MIN_TOKENS,
+                  min_match: float = REPEAT_MIN_MATCH) -> tuple[int, float] | None:
+    """(period n, share of matching positions) of the shortest period the output's tail repeats
+    past the threshold (see the module docstring), else None. A loop cut mid-copy still counts."""
+    import numpy as np
+
+    tokens = np.asarray(token_ids, dtype=np.int64)
+    if tokens.size and int(tokens[-1]) in set(stop_ids):
+        tokens = tokens[:-1]
+    for n in range(1, max_ngram + 1):
+        window = max(min_tokens, min_copies * n)
+        if window > tokens.size:
+            break
+        tail = tokens[-window:]
+        share = float(np.mean(tail[n:] == tail[:-n]))
+        if share >= min_match:
+            return n, round(share, 3)
     return None
 
 
-def generation_flags(token_ids: Sequence[int], finish: str) -> list[str]:
+def generation_flags(token_ids: Sequence[int], finish: str, stop_ids: Iterable[int] = ()) -> list[str]:
     """Flags of one model output (before any JSON check)."""
     flags = []
     if finish == FINISH_LENGTH:
         flags.append(TRUNCATED)
-    if repeated_tail(token_ids) is not None:
+    if repeated_tail(token_ids, stop_ids=stop_ids) is not None:
         flags.append(REPETITIVE)
     return flags
 

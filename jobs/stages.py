@@ -272,7 +272,7 @@ def collect_segment(row: dict, ctx: StageContext) -> dict:
         finish = quality.finish_reason(token_ids, max_tokens=ctx.max_new_tokens, stop_ids=ctx.stop_token_ids,
                                        prompt_tokens=_int(row.get("num_input_tokens")) or 0,
                                        max_model_len=ctx.max_model_len)
-        flags = quality.generation_flags(token_ids, finish)
+        flags = quality.generation_flags(token_ids, finish, ctx.stop_token_ids)
         schema = _str(row.get("json_schema"))
         if schema:
             json_text, problem = quality.check_json(text, schema)

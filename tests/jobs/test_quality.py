@@ -31,13 +31,17 @@ def test_checkpoint_stop_ids(tiny_checkpoint):
 def test_repeated_tail_threshold():
     varied = list(range(200))
     assert quality.repeated_tail(varied) is None
-    loop = varied[:50] + [11, 12, 13, 14] * 12  # 4-gram x 12 = 48 tokens
-    assert quality.repeated_tail(loop) == (4, 12)
-    assert quality.repeated_tail(varied[:50] + [11, 12, 13, 14] * 11) is None  # 44 tokens: under the threshold
-    assert quality.repeated_tail(varied[:50] + [9] * 48) == (1, 48)
-    cut = varied[:50] + list(range(300, 320)) * 3 + [300, 301]  # 20-gram x 3 cut mid-copy (a rotation repeats)
-    assert quality.repeated_tail(cut) is not None
+    assert quality.repeated_tail(varied[:50] + [11, 12, 13, 14] * 8) == (4, 1.0)  # 32 tokens of a 4-gram
+    assert quality.repeated_tail(varied[:50] + [11, 12, 13, 14] * 7) is None  # 28 tokens: under the threshold
+    assert quality.repeated_tail(varied[:50] + [9] * 32 + [1], stop_ids={1}) == (1, 1.0)  # stop token excluded
+    # A loop with an odd token in it (what the demo model does on audio it never learned: "9 9 ... 0 9").
+    demo = [37, 233] * 14 + [28, 233, 37, 233]
+    assert quality.repeated_tail(demo) == (2, 0.933)
+    cut = varied[:50] + list(range(300, 320)) * 3 + [300, 301]  # a 20-gram x 3 cut mid-copy
+    assert quality.repeated_tail(cut)[0] == 20
     assert quality.repeated_tail(varied[:50] + list(range(300, 320)) * 2) is None  # 2 copies only
+    assert quality.repeated_tail([5, 6, 7, 8] * 6) is None  # too short to tell (24 tokens)
+    loop = varied[:50] + [11, 12, 13, 14] * 12
     assert quality.generation_flags(loop, "length") == ["truncated", "repetitive"]
     assert quality.generation_flags(varied, "stop") == []
 
