@@ -243,7 +243,7 @@ def run_job(spec: JobSpec) -> dict:
         limits=spec.media_limits(), parquet=spec.parquet, chunk_s=spec.chunk_s, overlap_s=spec.overlap_s,
         max_new_tokens=spec.max_new_tokens, default_tasks=prompts.default_tasks(spec.model),
         stop_token_ids=quality.checkpoint_stop_ids(spec.model), max_model_len=spec.max_model_len,
-        json_schema=spec.schema_text(), seed=spec.seed,
+        json_schema=spec.schema_text(), seed=spec.seed, geometry=spec.page_geometry(),
         done_sources=done, done_segments=partial,
     )
     pending = [u for u in units if not _unit_done(u, done, spec)]

@@ -16,6 +16,7 @@ from jobs import quality
 from connectors.storage import StorageConfig
 from model.engine import EngineSettings
 from model.inputs.media import MediaLimits
+from model.inputs.pages import PageGeometry
 
 
 @dataclasses.dataclass
@@ -131,6 +132,10 @@ class JobSpec:
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(pdf_dpi=self.pdf_dpi, max_pages=self.max_pages)
+
+    def page_geometry(self) -> PageGeometry:
+        """How pages are sized for the model: the checkpoint's image processor settings and the budget."""
+        return PageGeometry.from_checkpoint(self.model, self.image_tokens)
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(

@@ -6,7 +6,10 @@ Pure functions over plain dict rows so they can be unit-tested without Ray and r
 Row shapes:
 * source row  (read):   source_id, source_uri, source_row, name, data, prompt, load_error
 * request row (decode+prompt): one per page / audio chunk, or one error row per bad source
-  (segment_index = -1); carries `messages_json`, the OpenAI chat messages from `model.inputs.prompts`
+  (segment_index = -1); carries `messages_json`, the OpenAI chat messages from `model.inputs.prompts`,
+  and for a document page the page itself at the model's size (`page_*`, from `model.inputs.pages`:
+  encoded bytes, never a full-resolution bitmap); a page that failed to render is an error row of
+  its own segment
 * work row    (after infer): the segment result, written to the run's work area (resume state)
 * output rows (assemble): `sources/` and `segments/` tables, see SOURCE_SCHEMA / SEGMENT_SCHEMA
 """
@@ -24,7 +27,7 @@ import pyarrow as pa
 from connectors.sources import ParquetColumns, file_source, iter_parquet_sources
 from connectors.storage import StorageConfig, StorageError, read_bytes
 from jobs import quality
-from model.inputs import audio_chunks, media, prompts
+from model.inputs import audio_chunks, media, pages, prompts
 
 ERROR_SEGMENT = -1  # segment_index of a source that failed before it had segments
 # `__inference_error__` value of a segment whose text needs no engine call (a PDF page's usable text
@@ -53,6 +56,8 @@ class StageContext:
     seed: int = 0
     # What task `auto` means per modality for this checkpoint (`prompts.default_tasks`).
     default_tasks: dict = dataclasses.field(default_factory=lambda: dict(prompts.DEFAULT_TASKS))
+    # The checkpoint's page size rules (image processor settings + budget), resolved on the driver.
+    geometry: pages.PageGeometry = pages.PageGeometry()
     # Resume state: sources finished in earlier invocations, and finished segments of sources
     # that were only partly done.
     done_sources: frozenset = frozenset()
@@ -81,6 +86,8 @@ def _request(source: dict, **fields) -> dict:
         start_s=None, end_s=None, duration_s=None, source_bytes=None, decode_s=0.0,
         messages_json=None, error=None, error_stage=None,
         text_source="model", retry_round=int(source.get("retry_round") or 0), json_schema=None,
+        page_data=None, page_codec=None, page_mode=None, page_width=None, page_height=None,
+        page_resized=None, max_soft_tokens=None,
     )
     base.update(fields)
     return base
@@ -89,7 +96,9 @@ def _request(source: dict, **fields) -> dict:
 def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
     """Fetch + decode one source and build one chat request per page or audio chunk.
 
-    Any failure becomes a single error row for the source (never an exception): the job goes on.
+    Pages are emitted as they are prepared (a task holds one page's bitmap, whatever the page
+    count). A page that fails to render is an error row for that page only; a file that cannot be
+    opened at all is a single error row for the source. Never an exception: the job goes on.
     """
     started = time.perf_counter()
     if source.get("load_error"):
@@ -118,33 +127,12 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
         known = dict(modality="audio" if kind == "audio" else "document", format=fmt)
         task = source.get("prompt") or ctx.task
         schema = _row_schema(source) or ctx.json_schema
-        if kind == "audio":
+        if kind != "audio":
+            document = pages.open_pages(data, source.get("name"), ctx.geometry, ctx.limits)
+        else:
             audio = media.decode_audio(data, ctx.limits)
             chunks = audio_chunks.plan_chunks(len(audio), chunk_s=ctx.chunk_s, overlap_s=ctx.overlap_s)
             duration = len(audio) / media.TARGET_SAMPLE_RATE
-            # Nothing can fail past decoding: build chunk requests lazily (a long recording's
-            # encoded chunks are never all in memory at once).
-            requests = (dict(segment_index=c.index, start_s=c.start_s, end_s=c.end_s,
-                             messages_json=json.dumps(prompts.messages_for_item(
-                                 task, "audio", audio=audio[c.start_sample:c.end_sample],
-                                 defaults=ctx.default_tasks, json_schema=schema)))
-                        for c in chunks if wanted(c.index))
-            common = dict(modality="audio", format=fmt, num_segments=len(chunks), duration_s=duration,
-                          json_schema=schema)
-        else:
-            # Pages are collected first: a page that fails to render fails the whole source (one
-            # error row), so no page of it may have been emitted yet.
-            pages = media.iter_images(data, ctx.limits) if kind == "image" else media.iter_pdf_pages(data, ctx.limits)
-            requests = []
-            count = 0
-            for index, page in enumerate(pages):
-                count += 1
-                if not wanted(index):
-                    continue
-                messages = prompts.messages_for_item(task, "document", image=page, defaults=ctx.default_tasks,
-                                                     json_schema=schema)
-                requests.append(dict(segment_index=index, page=index + 1, messages_json=json.dumps(messages)))
-            common = dict(modality="document", format=fmt, num_segments=count, json_schema=schema)
     except (media.MediaError, ValueError) as exc:
         yield _request(source, error=str(exc), error_stage="decode", source_bytes=len(data), **known)
         return
@@ -152,9 +140,69 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
         yield _request(source, error=f"unexpected decoding failure ({type(exc).__name__}: {exc})",
                        error_stage="decode", source_bytes=len(data), **known)
         return
-    elapsed = (time.perf_counter() - started) / max(common["num_segments"], 1)
-    for request in requests:
-        yield _request(source, **common, **request, source_bytes=len(data), decode_s=elapsed)
+    if kind != "audio":
+        skipped = frozenset(i for i in range(document.count) if not wanted(i))
+        yield from _page_requests(source, document, task, schema, skipped, ctx, len(data),
+                                  time.perf_counter() - started)
+        return
+    # Nothing can fail past decoding: chunk requests are built lazily (a long recording's encoded
+    # chunks are never all in memory at once).
+    common = dict(modality="audio", format=fmt, num_segments=len(chunks), duration_s=duration,
+                  json_schema=schema, source_bytes=len(data),
+                  decode_s=(time.perf_counter() - started) / max(len(chunks), 1))
+    for c in chunks:
+        if wanted(c.index):
+            messages = prompts.messages_for_item(task, "audio", audio=audio[c.start_sample:c.end_sample],
+                                                 defaults=ctx.default_tasks, json_schema=schema)
+            yield _request(source, **common, segment_index=c.index, start_s=c.start_s, end_s=c.end_s,
+                           messages_json=json.dumps(messages))
+
+
+PAGE_REF = "$page"  # stands for the row's page (its page_* columns) inside messages_json
+
+
+def _messages_json(messages: list[dict]) -> str:
+    def encode(value):
+        if pages.is_encoded_image(value):
+            return PAGE_REF
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    return json.dumps(messages, default=encode)
+
+
+def _page_requests(source: dict, document: pages.Pages, task: str, schema: str | None, skip: frozenset,
+                   ctx: StageContext, source_bytes: int, open_s: float) -> Iterator[dict]:
+    """One request row per page, as each page is prepared; failures stay on their page."""
+    common = dict(modality="document", format=document.format, num_segments=document.count,
+                  source_bytes=source_bytes, json_schema=schema)
+    share = open_s / max(document.count, 1)  # fetch + open, spread over the pages
+    emitted: set[int] = set()
+    try:
+        for page in document.iter(skip):
+            emitted.add(page.index)
+            where = dict(segment_index=page.index, page=page.number, decode_s=share + page.prepare_s)
+            if page.error and document.count == 1:  # a single image: the source failed, as a whole
+                yield _request(source, modality="document", format=document.format, source_bytes=source_bytes,
+                               error=page.error, error_stage="decode", decode_s=where["decode_s"])
+                continue
+            if page.error:
+                yield _request(source, **common, **where, error=page.error, error_stage="decode")
+                continue
+            image = page.image
+            messages = prompts.messages_for_item(task, "document", image=image, defaults=ctx.default_tasks,
+                                                 json_schema=schema)
+            yield _request(
+                source, **common, **where, messages_json=_messages_json(messages),
+                page_data=image.encoded, page_codec=image.codec, page_mode=image.mode,
+                page_width=image.width, page_height=image.height, page_resized=page.resized,
+                max_soft_tokens=ctx.geometry.max_soft_tokens,
+            )
+    except Exception as exc:  # noqa: BLE001 - a bug mid-document: the pages not emitted still get rows
+        message = f"unexpected decoding failure ({type(exc).__name__}: {exc})"
+        for index in range(document.count):
+            if index not in emitted and index not in skip:
+                yield _request(source, **common, segment_index=index, page=index + 1,
+                               error=f"page {index + 1}: {message}", error_stage="decode")
 
 
 def _row_schema(source: dict) -> str | None:
@@ -213,15 +261,32 @@ def to_llm_request(row: dict, max_new_tokens: int, seed: int = 0) -> dict:
     that already failed to decode, and pages whose text layer is used as is, travel through the
     processor without an engine call.
     """
+    # The processor carries every input column along: drop the page and the JSON messages once the
+    # request holds them (or no request is made), so a page is in a row once.
+    dropped = {"messages_json": None, "page_data": None}
     if row.get("error"):
-        return {"__inference_error__": f"[{row['error_stage']}] {row['error']}", "_opaque": OpaqueRow()}
+        return {"__inference_error__": f"[{row['error_stage']}] {row['error']}", "_opaque": OpaqueRow(), **dropped}
     if row.get("text_source") == "pdf_text":
-        return {"__inference_error__": NO_INFERENCE, "_opaque": OpaqueRow()}
-    return {
+        return {"__inference_error__": NO_INFERENCE, "_opaque": OpaqueRow(), **dropped}
+    messages = json.loads(row["messages_json"])
+    request = {
         "_opaque": OpaqueRow(),
-        "messages": json.loads(row["messages_json"]),
+        "messages": messages,
         "sampling_params": sampling_params(row, max_new_tokens, seed),
+        **dropped,
     }
+    if not _missing(row.get("page_codec")):
+        image = pages.encoded_page(row["page_data"], row["page_codec"], row["page_mode"],
+                                   (int(row["page_width"]), int(row["page_height"])))
+        for message in messages:
+            for part in message["content"] if isinstance(message.get("content"), list) else ():
+                if part.get("type") == "image_pil" and part.get("image_pil") == PAGE_REF:
+                    part["image_pil"] = image
+        kwargs = {"max_soft_tokens": int(row["max_soft_tokens"])}
+        if bool(row.get("page_resized")):
+            kwargs["do_resize"] = False  # already at the model's size (model.inputs.pages)
+        request["mm_processor_kwargs"] = kwargs
+    return request
 
 
 def _missing(value) -> bool:

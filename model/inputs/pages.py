@@ -261,6 +261,10 @@ def encoded_page(data: bytes, codec: str, mode: str, size: tuple[int, int]) -> E
     return EncodedImage(data, codec, mode, size, fmt)
 
 
+def is_encoded_image(value) -> bool:
+    return isinstance(value, EncodedImage)
+
+
 # -- pages ------------------------------------------------------------------------------------------
 
 

@@ -118,8 +118,14 @@ def data_url(payload: bytes, mime: str) -> str:
 
 
 def image_part(image) -> dict:
-    """Content part for a PIL image or already-encoded PNG bytes."""
+    """Content part for a PIL image or already-encoded PNG bytes. A page prepared by
+    `model.inputs.pages` (an EncodedImage) becomes vLLM's `image_pil` part: it stays encoded until
+    the engine's image processor reads it, with no PNG re-encode."""
     from model.inputs.media import image_to_png_bytes
+    from model.inputs.pages import is_encoded_image
+
+    if is_encoded_image(image):
+        return {"type": "image_pil", "image_pil": image}
 
     png = image if isinstance(image, (bytes, bytearray)) else image_to_png_bytes(image)
     return {"type": "image_url", "image_url": {"url": data_url(bytes(png), "image/png")}}

@@ -4,6 +4,7 @@ resume bookkeeping and assembly (dedupe of resumed work)."""
 from __future__ import annotations
 
 import json
+import pickle
 
 import pyarrow as pa
 
@@ -11,6 +12,7 @@ from connectors.sources import ParquetColumns, file_source
 from connectors.storage import StorageConfig
 from jobs import samples, stages
 from jobs.workarea import resume_state
+from model.inputs import media, pages
 from model.inputs.media import MediaLimits
 
 
@@ -26,7 +28,9 @@ def test_decode_fans_out_pages_and_chunks(tmp_path):
     pdf.write_bytes(samples.pdf_doc(["a", "b", "c"]))
     rows = list(stages.decode_source(file_source(str(pdf)), ctx()))
     assert [r["page"] for r in rows] == [1, 2, 3] and all(r["num_segments"] == 3 for r in rows)
-    assert json.loads(rows[0]["messages_json"])[0]["content"][0]["type"] == "image_url"
+    part = json.loads(rows[0]["messages_json"])[0]["content"][0]
+    assert part == {"type": "image_pil", "image_pil": stages.PAGE_REF}  # the page travels in page_*
+    assert rows[0]["page_codec"] in ("file", "zstd") and len(rows[0]["page_data"]) > 0
     wav = tmp_path / "long.wav"
     wav.write_bytes(samples.wav_bytes(samples.tone(70.0)))
     rows = list(stages.decode_source(file_source(str(wav)), ctx()))
@@ -53,6 +57,66 @@ def test_bad_sources_become_one_error_row(tmp_path):
     # Error rows skip every ray.data.llm stage: the processor gets __inference_error__ set.
     request = stages.to_llm_request(row, 4)
     assert request["__inference_error__"].startswith("[decode]")
+
+
+def test_a_page_row_carries_the_page_at_the_model_size_and_becomes_an_image_pil_request(tmp_path):
+    scan = tmp_path / "scan.jpg"
+    scan.write_bytes(samples.scan_page(300))
+    context = ctx(geometry=pages.PageGeometry(1120))
+    (row,) = stages.decode_source(file_source(str(scan)), context)
+    assert (row["page_width"], row["page_height"], row["page_resized"]) == (1344, 1872, True)
+    target_png = len(media.image_to_png_bytes(pages.encoded_page(
+        row["page_data"], row["page_codec"], row["page_mode"], (1344, 1872))))
+    row_bytes = len(pickle.dumps(row))
+    assert row_bytes <= 1.5 * target_png, (row_bytes, target_png)  # compact: no full-resolution bitmap
+    request = stages.to_llm_request(row, 4)
+    assert request["mm_processor_kwargs"] == {"max_soft_tokens": 1120, "do_resize": False}
+    assert request["page_data"] is None and request["messages_json"] is None  # the page is there once
+    (image_part, text_part) = request["messages"][0]["content"]
+    assert image_part["type"] == "image_pil" and image_part["image_pil"].size == (1344, 1872)
+    assert text_part["type"] == "text"
+    assert len(pickle.dumps({**row, **request})) <= 1.5 * target_png
+
+
+def test_a_page_that_fails_to_render_fails_its_segment_and_its_source_only(tmp_path, monkeypatch):
+    real = pages.render_pdf_page
+    count = {"n": 0}
+
+    def flaky(page, width, height):
+        count["n"] += 1
+        if count["n"] == 3:
+            raise RuntimeError("bad content stream")
+        return real(page, width, height)
+
+    monkeypatch.setattr(pages, "render_pdf_page", flaky)
+    pdf = tmp_path / "d.pdf"
+    pdf.write_bytes(samples.text_pdf(4))
+    rows = list(stages.decode_source(file_source(str(pdf)), ctx()))
+    assert [r["segment_index"] for r in rows] == [0, 1, 2, 3] and all(r["num_segments"] == 4 for r in rows)
+    assert [r["error"] is None for r in rows] == [True, True, False, True]
+    assert rows[2]["error_stage"] == "decode" and "PDF page 3 cannot be rendered" in rows[2]["error"]
+    assert "__inference_error__" in stages.to_llm_request(rows[2], 4)
+    work = [stages.collect_segment({**r, "generated_tokens": None if r["error"] else [5], "generated_text": "x"},
+                                   ctx()) for r in rows]
+    source, segments = stages.assemble_source(work)
+    assert source["status"] == "error" and source["num_segments"] == 4 and len(segments) == 4
+    assert source["error"].startswith("1 of 4 segments failed; page 3: PDF page 3 cannot be rendered")
+
+
+def test_a_bug_mid_document_still_accounts_for_every_page(tmp_path, monkeypatch):
+    pdf = tmp_path / "d.pdf"
+    pdf.write_bytes(samples.text_pdf(3))
+    real = pages.Pages.iter
+
+    def broken(self, skip=frozenset()):
+        produced = real(self, skip)
+        yield next(produced)
+        raise RuntimeError("decoder bug")
+
+    monkeypatch.setattr(pages.Pages, "iter", broken)
+    rows = list(stages.decode_source(file_source(str(pdf)), ctx()))
+    assert [r["segment_index"] for r in rows] == [0, 1, 2]
+    assert rows[0]["error"] is None and all("decoder bug" in r["error"] for r in rows[1:])
 
 
 def _work(source_id, index, n, t, status="ok", stage=None, modality="document", **kw):
