@@ -196,7 +196,7 @@ def summarize(spec: JobSpec, layout: OutputLayout, sources: pa.Table, *, attempt
         },
         # Output checks: flags (segments and sources), finish reasons, where text came from (model or
         # PDF text layer), text-layer verdicts of PDF pages, retries.
-        "quality": {**(quality_counts or {}), "retries": spec.retries, "strict": spec.strict,
+        "quality": {**(quality_counts or {}), "retries": spec.retries, "strict": spec.strict, "pdf_text": spec.pdf_text,
                     "retry_rounds_this_invocation": retry_rounds or []},
         "errors_sample": [{"source_uri": r["source_uri"], "error": r["error"]} for r in errors[:20]],
         "tables": {"sources": layout.sources, "segments": layout.segments},

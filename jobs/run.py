@@ -43,6 +43,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", default=None,
                    help="a source whose segments are still truncated/repetitive after the retries is an "
                         "error row (default: ok, with the flags)")
+    p.add_argument("--pdf-text", choices=["ignore", "anchor", "prefer"],
+                   help="a PDF page's embedded text layer: ignore (default: the model reads every page), anchor "
+                        "(given to the model as context), prefer (a usable layer is the page's text; the model "
+                        "is skipped for it)")
     p.add_argument("--json-schema", metavar="FILE",
                    help="structured extraction: decode each page/chunk under this JSON schema (guided "
                         "decoding) and validate it; results in the `json` columns")

@@ -19,6 +19,9 @@ from model.inputs.media import MediaLimits
 from model.inputs.pages import PageGeometry
 
 
+PDF_TEXT_MODES = ("ignore", "anchor", "prefer")
+
+
 @dataclasses.dataclass
 class JobSpec:
     inputs: list[str]
@@ -47,6 +50,10 @@ class JobSpec:
     # Structured extraction: a JSON schema (inline JSON text, a mapping, or a local/s3 path to a
     # .json file). Each page/chunk is decoded under the schema (vLLM guided decoding) and validated.
     json_schema: str | dict | None = None
+    # A PDF page's embedded text layer (model/inputs/pdf_text.py): "ignore" (the model reads every
+    # page), "anchor" (the layer goes into the prompt as context), "prefer" (a usable layer is the
+    # page's text and the model is skipped for that page; with a JSON schema it acts as "anchor").
+    pdf_text: str = "ignore"
     # Audio longer than the 30 s window is cut into chunks of chunk_s with overlap_s of overlap.
     chunk_s: float = 30.0
     overlap_s: float = 2.0
@@ -86,6 +93,8 @@ class JobSpec:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
+        if self.pdf_text not in PDF_TEXT_MODES:
+            raise ValueError(f"pdf_text must be one of {', '.join(PDF_TEXT_MODES)}, not {self.pdf_text!r}")
         self.schema_text()  # validates the JSON schema (and reads its file once)
         if self.run_date is None:
             self.run_date = dt.datetime.now(dt.timezone.utc).date().isoformat()
@@ -105,6 +114,8 @@ class JobSpec:
         # Settings that change what is computed, only when set (ids of earlier runs stay the same).
         if self.schema_text() is not None:
             fields.append(["json_schema", self.schema_text()])
+        if self.pdf_text != "ignore":
+            fields.append(["pdf_text", self.pdf_text])
         key = json.dumps(fields)
         return f"{self.run_date.replace('-', '')}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 

@@ -31,7 +31,7 @@ def test_run_id_changes_with_inputs_and_date():
 
 @pytest.mark.parametrize("bad", [dict(image_tokens=100), dict(error_threshold=2), dict(run_date="22/11/2026"),
                                  dict(actors_min=3, actors_max=2), dict(run_id="a b"), dict(pdf_dpi=0),
-                                 dict(retries=-1), dict(json_schema='{"type": 3}'),
+                                 dict(retries=-1), dict(pdf_text="always"), dict(json_schema='{"type": 3}'),
                                  dict(json_schema="/nonexistent/schema.json")])
 def test_invalid_specs_refused(bad):
     with pytest.raises(ValueError):
@@ -50,10 +50,10 @@ def test_docparse_options_from_flags(tmp_path):
     schema.write_text('{"type": "object", "properties": {"total": {"type": "number"}}}')
     base = ["--input", "s3://x/", "--output", "o", "--model", "m", "--run-date", "2026-11-22"]
     plain = spec_from_args(parser().parse_args(base))
-    assert (plain.retries, plain.strict, plain.json_schema) == (0, False, None)
-    spec = spec_from_args(parser().parse_args(base + ["--retries", "3", "--strict",
+    assert (plain.retries, plain.strict, plain.pdf_text, plain.json_schema) == (0, False, "ignore", None)
+    spec = spec_from_args(parser().parse_args(base + ["--retries", "3", "--strict", "--pdf-text", "prefer",
                                                       "--json-schema", str(schema), "--schema-column", "sch"]))
-    assert (spec.retries, spec.strict, spec.parquet.schema_column) == (3, True, "sch")
+    assert (spec.retries, spec.strict, spec.pdf_text, spec.parquet.schema_column) == (3, True, "prefer", "sch")
     assert spec.schema_text() == '{"type":"object","properties":{"total":{"type":"number"}}}'
     # What is computed changes the run id; the defaults keep earlier runs' ids.
     assert spec.run_id != plain.run_id
