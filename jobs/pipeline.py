@@ -163,7 +163,7 @@ def summarize(spec: JobSpec, layout: OutputLayout, sources: pa.Table, *, attempt
         key = r["modality"] or "unknown"
         by_modality.setdefault(key, {"ok": 0, "error": 0})["ok" if r["status"] == "ok" else "error"] += 1
     error_rate = len(errors) / total if total else 0.0
-    new_segments = [r for r in new_work.select(["segment_index", "status", "retry_round"]).to_pylist()
+    new_segments = [r for r in new_work.select(["segment_index", "status", "retry_round", "text_source"]).to_pylist()
                     if r["segment_index"] != stages.ERROR_SEGMENT and not r["retry_round"]]
     new_sources = len(set(new_work.column("source_id").to_pylist())) if new_work.num_rows else 0
     return {
@@ -187,7 +187,8 @@ def summarize(spec: JobSpec, layout: OutputLayout, sources: pa.Table, *, attempt
         "this_invocation": {
             "sources_skipped_as_done": skipped,
             "sources_processed": new_sources,
-            "segments_inferred": sum(1 for r in new_segments if r["status"] == "ok"),
+            "segments_inferred": sum(1 for r in new_segments if r["status"] == "ok" and r["text_source"] != "pdf_text"),
+            "segments_from_pdf_text": sum(1 for r in new_segments if r["text_source"] == "pdf_text"),
             "segments_failed": sum(1 for r in new_segments if r["status"] != "ok"),
             "stream_s": round(stream_s, 3),
             "finalize_s": round(finalize_s, 3),
@@ -243,7 +244,7 @@ def run_job(spec: JobSpec) -> dict:
         limits=spec.media_limits(), parquet=spec.parquet, chunk_s=spec.chunk_s, overlap_s=spec.overlap_s,
         max_new_tokens=spec.max_new_tokens, default_tasks=prompts.default_tasks(spec.model),
         stop_token_ids=quality.checkpoint_stop_ids(spec.model), max_model_len=spec.max_model_len,
-        json_schema=spec.schema_text(), seed=spec.seed, geometry=spec.page_geometry(),
+        json_schema=spec.schema_text(), seed=spec.seed, pdf_text=spec.pdf_text, geometry=spec.page_geometry(),
         done_sources=done, done_segments=partial,
     )
     pending = [u for u in units if not _unit_done(u, done, spec)]
@@ -257,7 +258,8 @@ def run_job(spec: JobSpec) -> dict:
     finalize_started = time.time()
     sources = finalize(spec, layout)
     finalize_s = time.time() - finalize_started
-    new_work = read_work(layout, spec, columns=["source_id", "segment_index", "status", "attempt", "retry_round"])
+    new_work = read_work(layout, spec, columns=["source_id", "segment_index", "status", "attempt", "retry_round",
+                                                "text_source"])
     new_work = new_work.filter(pc.equal(new_work.column("attempt"), attempt))
     counts = quality.summary_counts(
         read_published_segments(spec, layout, ["flags", "finish_reason", "text_source", "text_layer", "attempts"]),

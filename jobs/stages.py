@@ -27,7 +27,7 @@ import pyarrow as pa
 from connectors.sources import ParquetColumns, file_source, iter_parquet_sources
 from connectors.storage import StorageConfig, StorageError, read_bytes
 from jobs import quality
-from model.inputs import audio_chunks, media, pages, prompts
+from model.inputs import audio_chunks, media, pages, pdf_text, prompts
 
 ERROR_SEGMENT = -1  # segment_index of a source that failed before it had segments
 # `__inference_error__` value of a segment whose text needs no engine call (a PDF page's usable text
@@ -54,6 +54,8 @@ class StageContext:
     max_model_len: int | None = None
     json_schema: str | None = None
     seed: int = 0
+    # PDF text layer: "ignore", "anchor" (context for the model) or "prefer" (usable layer = text).
+    pdf_text: str = "ignore"
     # What task `auto` means per modality for this checkpoint (`prompts.default_tasks`).
     default_tasks: dict = dataclasses.field(default_factory=lambda: dict(prompts.DEFAULT_TASKS))
     # The checkpoint's page size rules (image processor settings + budget), resolved on the driver.
@@ -86,6 +88,7 @@ def _request(source: dict, **fields) -> dict:
         start_s=None, end_s=None, duration_s=None, source_bytes=None, decode_s=0.0,
         messages_json=None, error=None, error_stage=None,
         text_source="model", retry_round=int(source.get("retry_round") or 0), json_schema=None,
+        pdf_text=None, text_layer=None,
         page_data=None, page_codec=None, page_mode=None, page_width=None, page_height=None,
         page_resized=None, max_soft_tokens=None,
     )
@@ -142,8 +145,22 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
         return
     if kind != "audio":
         skipped = frozenset(i for i in range(document.count) if not wanted(i))
-        yield from _page_requests(source, document, task, schema, skipped, ctx, len(data),
-                                  time.perf_counter() - started)
+        layers = None
+        if document.kind == "pdf" and ctx.pdf_text != "ignore":
+            layers = pdf_text.DocumentLayers(data)
+            # With a schema the layer is context, never the answer: the model must write the JSON.
+            if ctx.pdf_text == "prefer" and not schema:
+                taken = []
+                for row in _text_layer_rows(source, document, layers, skipped, len(data)):
+                    taken.append(row["segment_index"])
+                    yield row
+                skipped |= frozenset(taken)
+        try:
+            yield from _page_requests(source, document, task, schema, skipped, ctx, len(data),
+                                      time.perf_counter() - started, layers=layers)
+        finally:
+            if layers is not None:
+                layers.close()
         return
     # Nothing can fail past decoding: chunk requests are built lazily (a long recording's encoded
     # chunks are never all in memory at once).
@@ -170,9 +187,27 @@ def _messages_json(messages: list[dict]) -> str:
     return json.dumps(messages, default=encode)
 
 
+def _text_layer_rows(source: dict, document: pages.Pages, layers: pdf_text.DocumentLayers, skip: frozenset,
+                     source_bytes: int) -> Iterator[dict]:
+    """`--pdf-text prefer`: a segment row carrying the text of each page whose layer is usable. The
+    page is never rendered and no request goes to the engine (`NO_INFERENCE`)."""
+    common = dict(modality="document", format=document.format, num_segments=document.count,
+                  source_bytes=source_bytes)
+    started = time.perf_counter()
+    for index, layer in layers.take_usable():
+        if index not in skip:
+            yield _request(source, **common, segment_index=index, page=index + 1, text_source="pdf_text",
+                           pdf_text=layer.text, text_layer=layer.verdict,
+                           decode_s=time.perf_counter() - started)
+        started = time.perf_counter()
+
+
 def _page_requests(source: dict, document: pages.Pages, task: str, schema: str | None, skip: frozenset,
-                   ctx: StageContext, source_bytes: int, open_s: float) -> Iterator[dict]:
-    """One request row per page, as each page is prepared; failures stay on their page."""
+                   ctx: StageContext, source_bytes: int, open_s: float,
+                   layers: pdf_text.DocumentLayers | None = None) -> Iterator[dict]:
+    """One request row per page, as each page is prepared; failures stay on their page. `layers`:
+    the PDF's text layers (`--pdf-text`): each page records its verdict; under `anchor` (or
+    `prefer` with a schema) an anchorable layer goes into the prompt."""
     common = dict(modality="document", format=document.format, num_segments=document.count,
                   source_bytes=source_bytes, json_schema=schema)
     share = open_s / max(document.count, 1)  # fetch + open, spread over the pages
@@ -189,10 +224,16 @@ def _page_requests(source: dict, document: pages.Pages, task: str, schema: str |
                 yield _request(source, **common, **where, error=page.error, error_stage="decode")
                 continue
             image = page.image
+            verdict, anchor = None, None
+            if layers is not None:
+                verdict = layers.verdict(page.index)
+                if verdict is None:  # not seen by a `prefer` pass: anchor mode
+                    layer = layers.at(page.index)
+                    verdict, anchor = layer.verdict, (layer.text if layer.anchorable else None)
             messages = prompts.messages_for_item(task, "document", image=image, defaults=ctx.default_tasks,
-                                                 json_schema=schema)
+                                                 json_schema=schema, anchor_text=anchor)
             yield _request(
-                source, **common, **where, messages_json=_messages_json(messages),
+                source, **common, **where, messages_json=_messages_json(messages), text_layer=verdict,
                 page_data=image.encoded, page_codec=image.codec, page_mode=image.mode,
                 page_width=image.width, page_height=image.height, page_resized=page.resized,
                 max_soft_tokens=ctx.geometry.max_soft_tokens,

@@ -148,3 +148,47 @@ def text_layers(data: bytes, rules: LayerRules = LayerRules()) -> Iterator[TextL
                 page.close()
     finally:
         doc.close()
+
+
+class DocumentLayers:
+    """The text layers of one PDF as the decode stage needs them, in bounded memory.
+
+    * `take_usable()` (for `prefer`): one pass over every page's layer, yielding (index, layer) for
+      the usable ones (the caller emits their text and skips rendering them); the other pages'
+      verdicts are kept (one short string each), their text is not.
+    * `at(index)`: the layer of a page the model reads, for its verdict and (`anchor`) its text.
+      Pages are asked for in increasing order (the order pages are rendered), so this walks the
+      document once, alongside the rendering, holding one page's text at a time.
+    """
+
+    def __init__(self, data: bytes, rules: LayerRules = LayerRules()):
+        self._data, self._rules = data, rules
+        self._verdicts: dict[int, Verdict] = {}
+        self._walk = None
+        self._position = -1
+        self._current: TextLayer | None = None
+
+    def take_usable(self) -> Iterator[tuple[int, TextLayer]]:
+        for index, layer in enumerate(text_layers(self._data, self._rules)):
+            if layer.usable:
+                yield index, layer
+            else:
+                self._verdicts[index] = layer.verdict
+
+    def verdict(self, index: int) -> Verdict | None:
+        """A verdict `take_usable` saw (None if it did not run)."""
+        return self._verdicts.get(index)
+
+    def at(self, index: int) -> TextLayer:
+        if index < self._position:
+            raise ValueError(f"pages must be asked for in order ({index} after {self._position})")
+        if self._walk is None:
+            self._walk = text_layers(self._data, self._rules)
+        while self._position < index:
+            self._current = next(self._walk)
+            self._position += 1
+        return self._current
+
+    def close(self) -> None:
+        if self._walk is not None:
+            self._walk.close()

@@ -1,8 +1,10 @@
 """Document parsing outputs end to end (local Ray, ray.data.llm, the vLLM CPU engine, the tiny
-random checkpoint): JSON-schema guided decoding gives schema-valid JSON for every page; pages cut
-off at the token limit are flagged `truncated`, retried as the policy says, and counted; the new
-columns read back with DuckDB and pandas. One job run for the module (two engine starts: the
-stream and one retry round)."""
+random checkpoint): JSON-schema guided decoding gives schema-valid JSON for every page; a PDF with a
+real text layer under `--pdf-text prefer` gives exactly its text and sends no request to the engine
+for those pages, while scanned, garbled and sparse pages still go to the model; pages cut off at the
+token limit are flagged `truncated`, retried as the policy says, and counted; the new columns read
+back with DuckDB and pandas. One job run for the module (two engine starts: the stream and one
+retry round)."""
 
 from __future__ import annotations
 
@@ -39,16 +41,19 @@ def job(tmp_path_factory, tiny_checkpoint, ray_local):
     inputs = root / "in"
     inputs.mkdir()
     (inputs / "scan.pdf").write_bytes(samples.pdf_doc(samples.SAMPLE_TEXTS[:2]))  # image-only: 2 model pages
+    (inputs / "digital.pdf").write_bytes(samples.text_pdf(samples.BORN_DIGITAL_PAGES))  # 2 text-layer pages
+    (inputs / "garbled.pdf").write_bytes(samples.text_pdf(samples.BORN_DIGITAL_PAGES[:1], garbled=True))
+    (inputs / "mixed.pdf").write_bytes(samples.text_pdf(samples.BORN_DIGITAL_PAGES[:1] + [["Page 2"]]))
     table = pa.table({
-        "id": ["j1", "j2", "t1"],
+        "id": ["j1", "j2", "t1", "j3"],
         "image": [samples.png_page(samples.SAMPLE_TEXTS[0]), samples.png_page(samples.SAMPLE_TEXTS[1]),
-                  samples.png_page(samples.SAMPLE_TEXTS[2])],
-        "json_schema": [json.dumps(SCHEMA), json.dumps(SCHEMA), None],
+                  samples.png_page(samples.SAMPLE_TEXTS[2]), samples.text_pdf(samples.BORN_DIGITAL_PAGES[1:])],
+        "json_schema": [json.dumps(SCHEMA), json.dumps(SCHEMA), None, json.dumps(SCHEMA)],
     })
     pq.write_table(table, root / "rows.parquet")
     spec = JobSpec(
         inputs=[str(inputs), str(root / "rows.parquet")], output=str(root / "out"), model=str(tiny_checkpoint),
-        max_new_tokens=MAX_NEW_TOKENS, max_model_len=4096, batch_size=4, pdf_dpi=60, retries=1,
+        max_new_tokens=MAX_NEW_TOKENS, max_model_len=4096, batch_size=4, pdf_dpi=60, retries=1, pdf_text="prefer",
         run_date=RUN_DATE,
     )
     summary = run_job(spec)
@@ -67,7 +72,7 @@ def _segments_of(job, key):
 
 
 def test_guided_decoding_gives_schema_valid_json_for_every_page(job):
-    for key in ("j1", "j2"):
+    for key in ("j1", "j2", "j3"):
         source = job["sources"][key]
         assert source["status"] == "ok", source["error"]
         (segment,) = _segments_of(job, key)
@@ -76,28 +81,57 @@ def test_guided_decoding_gives_schema_valid_json_for_every_page(job):
         assert segment["finish_reason"] == "stop" and segment["flags"] == []
         assert json.loads(source["json"]) == [value]  # the source holds one value per page, in order
     assert job["sources"]["t1"]["json"] is None  # no schema for that row
+    # A schema needs the model even where the text layer is usable: it is context (anchor), not the answer.
+    (j3,) = _segments_of(job, "j3")
+    assert j3["text_source"] == "model" and j3["text_layer"] == "usable" and j3["input_tokens"] > 0
+
+
+def test_text_layer_pages_give_exactly_their_text_without_the_engine(job):
+    digital = job["sources"]["digital.pdf"]
+    assert digital["status"] == "ok" and digital["text_source"] == "pdf_text" and digital["pdf_text_pages"] == 2
+    assert digital["text"] == "\n\n".join("\n".join(lines) for lines in samples.BORN_DIGITAL_PAGES)
+    for segment, lines in zip(_segments_of(job, "digital.pdf"), samples.BORN_DIGITAL_PAGES):
+        assert segment["text"] == "\n".join(lines) and segment["text_layer"] == "usable"
+        # No request reached the engine: no prompt, no generated ids, no engine time, one "attempt" of 0.
+        assert (segment["text_source"], segment["input_tokens"], segment["output_tokens"]) == ("pdf_text", 0, 0)
+        assert segment["output_token_ids"] is None and segment["finish_reason"] is None
+        assert segment["infer_s"] == 0.0 and segment["attempts"] == 0
+    assert digital["input_tokens"] == digital["output_tokens"] == 0
+    # Still read by the model: a scan (no layer), a layer of garbage, a page with a page number only.
+    expect = {"scan.pdf": ["none", "none"], "garbled.pdf": ["garbled"], "mixed.pdf": ["usable", "sparse"]}
+    for key, verdicts in expect.items():
+        segments = _segments_of(job, key)
+        assert [s["text_layer"] for s in segments] == verdicts
+        assert [s["text_source"] for s in segments] == ["pdf_text" if v == "usable" else "model" for v in verdicts]
+        assert all(s["input_tokens"] > 0 for s in segments if s["text_source"] == "model")
+    assert job["sources"]["mixed.pdf"]["text_source"] == "mixed" and job["sources"]["mixed.pdf"]["pdf_text_pages"] == 1
+    assert job["sources"]["t1"]["pdf_text_pages"] == 0 and job["sources"]["t1"]["text_source"] == "model"
 
 
 def test_pages_at_the_token_limit_are_flagged_retried_and_counted(job):
-    truncated = [s for key in ("t1", "scan.pdf") for s in _segments_of(job, key)]
-    assert len(truncated) == 3
+    cut = ("t1", "scan.pdf", "garbled.pdf", "mixed.pdf")
+    truncated = [s for key in cut for s in _segments_of(job, key) if s["text_source"] == "model"]
+    assert len(truncated) == 5
     for segment in truncated:
         assert segment["finish_reason"] == "length" and "truncated" in segment["flags"]
         assert segment["output_tokens"] == MAX_NEW_TOKENS
         assert segment["attempts"] == 2 and segment["retry_round"] in (0, 1)  # --retries 1: one more run
         assert segment["status"] == "ok" and segment["text_source"] == "model"
-    for key in ("t1", "scan.pdf"):
+    for key in cut:
         source = job["sources"][key]
         assert source["status"] == "ok" and "truncated" in source["flags"]  # not --strict: ok, flagged
-        assert source["retried_segments"] == source["num_segments"]
+        assert source["retried_segments"] == sum(1 for s in _segments_of(job, key) if s["text_source"] == "model")
     quality = job["summary"]["quality"]
-    assert quality["flags"]["truncated"] == {"segments": 3, "sources": 2}
-    assert quality["finish_reason"] == {"length": 3, "stop": 2}
-    assert quality["text_source"] == {"model": 5}
-    assert quality["segments_retried"] == 3 and quality["retries"] == 1 and not quality["strict"]
-    assert quality["retry_rounds_this_invocation"][0]["segments"] == 3
-    # The retry round is not counted again as inferred segments.
-    assert job["summary"]["this_invocation"]["segments_inferred"] == 5
+    assert quality["flags"]["truncated"] == {"segments": 5, "sources": 4}
+    assert quality["finish_reason"] == {"length": 5, "stop": 3}
+    assert quality["text_source"] == {"model": 8, "pdf_text": 3}
+    assert quality["text_layer"] == {"none": 2, "garbled": 1, "usable": 4, "sparse": 1}
+    assert quality["segments_retried"] == 5 and quality["retries"] == 1 and not quality["strict"]
+    assert quality["pdf_text"] == "prefer"
+    assert quality["retry_rounds_this_invocation"][0]["segments"] == 5
+    # The retry round is not counted again as inferred segments; text-layer pages are not inferred.
+    invocation = job["summary"]["this_invocation"]
+    assert invocation["segments_inferred"] == 8 and invocation["segments_from_pdf_text"] == 3
 
 
 def test_new_columns_read_with_duckdb_and_pandas(job):
@@ -109,13 +143,14 @@ def test_new_columns_read_with_duckdb_and_pandas(job):
     assert {"flags", "text_source", "pdf_text_pages", "retried_segments", "json"} <= set(sources.columns)
     assert list(sources.loc["t1", "flags"]) == ["truncated"] and list(sources.loc["j1", "flags"]) == []
     segments = pd.read_parquet(out / "segments")
-    assert set(segments.finish_reason) == {"stop", "length"} and segments.attempts.dtype == "int32"
+    assert set(segments.finish_reason.dropna()) == {"stop", "length"} and segments.attempts.dtype == "int32"
+    assert segments.finish_reason.isna().sum() == (segments.text_source == "pdf_text").sum() == 3  # null rule
     con = duckdb.connect()
     rows = con.sql(f"""
         select source_id, list_contains(flags, 'truncated') as cut, json_extract(json, '$[0].total') as total
         from read_parquet('{out}/sources/*/*.parquet', hive_partitioning = true) order by source_id
     """).fetchall()
-    assert len(rows) == 4
+    assert len(rows) == 8
     by_id = {r[0]: r for r in rows}
     assert by_id["j1"][1] is False and by_id["t1"][1] is True
     assert int(by_id["j1"][2]) == json.loads(job["sources"]["j1"]["json"])[0]["total"]

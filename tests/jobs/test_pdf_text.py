@@ -37,3 +37,19 @@ def test_normalize_and_printable_share():
     assert pdf_text.normalize("a  \r\nb\x02\r\n\r\n\r\n\r\nc\x00 ") == "a\nb-\n\nc"
     assert pdf_text.printable_share("ab \ue000\ufffd") == (4, 0.5)
     assert pdf_text.printable_share("   ") == (0, 0.0)
+
+
+def test_document_layers_walk_once_in_page_order():
+    data = samples.text_pdf(samples.BORN_DIGITAL_PAGES + [["Page 3"]])
+    layers = pdf_text.DocumentLayers(data)
+    assert [(i, layer.verdict) for i, layer in layers.take_usable()] == [(0, "usable"), (1, "usable")]
+    assert layers.verdict(2) == "sparse" and layers.verdict(0) is None  # only the others' verdicts are kept
+    walk = pdf_text.DocumentLayers(data)
+    assert walk.at(1).text == "\n".join(samples.BORN_DIGITAL_PAGES[1]) and walk.at(2).verdict == "sparse"
+    try:
+        walk.at(0)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("asking for an earlier page must fail")
+    walk.close()

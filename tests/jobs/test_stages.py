@@ -167,3 +167,36 @@ def test_audio_source_text_is_stitched():
     source, segments = stages.assemble_source(rows)
     assert source["text"] == "one two three four five" and source["pages"] is None
     assert [(s["start_s"], s["end_s"]) for s in segments] == [(0.0, 30.0), (28.0, 40.0)]
+
+
+def test_pdf_text_modes_in_the_decode_stage(tmp_path):
+    """ignore: every page to the model; anchor: the layer in the prompt; prefer: usable layers are
+    the text (no request), the rest to the model; prefer with a schema: anchor."""
+    pdf = tmp_path / "mixed.pdf"
+    pdf.write_bytes(samples.text_pdf(samples.BORN_DIGITAL_PAGES[:1] + [["Page 2"]]))
+    source = file_source(str(pdf))
+
+    def run(**kw):
+        return list(stages.decode_source(source, ctx(**kw)))
+
+    def instruction(row):
+        return json.loads(row["messages_json"])[0]["content"][-1]["text"]
+
+    ignore = run()
+    assert [(r["text_source"], r["text_layer"]) for r in ignore] == [("model", None), ("model", None)]
+    assert "TEXT_LAYER_START" not in instruction(ignore[0])
+    anchor = run(pdf_text="anchor")
+    assert [r["text_layer"] for r in anchor] == ["usable", "sparse"]
+    assert samples.BORN_DIGITAL_PAGES[0][1] in instruction(anchor[0]) and "Page 2" in instruction(anchor[1])
+    prefer = run(pdf_text="prefer")
+    layer, model = prefer
+    assert (layer["text_source"], layer["page"], layer["messages_json"]) == ("pdf_text", 1, None)
+    assert layer["pdf_text"] == "\n".join(samples.BORN_DIGITAL_PAGES[0]) and layer["page_data"] is None
+    assert stages.to_llm_request(layer, 4)["__inference_error__"] == stages.NO_INFERENCE
+    assert (model["text_source"], model["text_layer"], model["page"]) == ("model", "sparse", 2)
+    assert "TEXT_LAYER_START" not in instruction(model)
+    schema = run(pdf_text="prefer", json_schema='{"type":"object"}')
+    assert [r["text_source"] for r in schema] == ["model", "model"] and "TEXT_LAYER_START" in instruction(schema[0])
+    # A retry of page 2 only: page 1's layer is not emitted again.
+    retry = list(stages.decode_source({**source, "retry_segments": [1], "retry_round": 1}, ctx(pdf_text="prefer")))
+    assert [(r["segment_index"], r["retry_round"]) for r in retry] == [(1, 1)]
