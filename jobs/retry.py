@@ -5,22 +5,24 @@ second copy of the model in GPU memory. So retries are rounds over the work area
 and before finalize. Round k (1..N):
 
 1. **targets** - the work area (its small columns, read by Ray Data, grouped by source) -> the
-   segments whose best attempt so far (`stages._best_attempt`) is flagged `truncated`, `repetitive`
+   segments whose best attempt so far (`stages.best_attempt`) is flagged `truncated`, `repetitive`
    or `invalid_json` and that have no attempt of round k yet (so a resumed run continues where it
    stopped and never repeats a round); materialized in the object store, not on the driver. None:
    the round starts no engine.
 2. **re-source** - targets grouped by input unit: a file is fetched again; a Parquet table is
    scanned once for all its retried rows (bytes, prompt and schema columns come back with them).
-3. **infer** - the stream's own tail (`pipeline.infer_sources`): decode builds requests for just those segments; sampling
-   is round k's (`quality.retry_sampling`: temperature 0.2k, capped at 1.0, with a seed fixed per
-   run seed, source, segment and round); work rows carry `retry_round = k` and are appended.
+3. **infer** - the stream's own tail (`pipeline.infer_sources`): decode builds requests for just
+   those segments; sampling is round k's (`quality.retry_sampling`: temperature 0.2k, capped at 1.0,
+   with a seed fixed per run seed, source, segment and round); work rows carry `retry_round = k` and
+   are appended.
 
 Finalize keeps each segment's best attempt and records how many it had (`attempts`) and which one
 it kept (`retry_round`); the sources table stays one row per input.
 
 Cost per round that has targets: one engine start (tiny checkpoint on CPU: about 20-40 s; a 12B
-model on a GPU: the weight load, about 1-2 min) plus re-fetching and re-decoding each retried source
-(a PDF is rendered again, its other pages included) and a scan of the work area's small columns.
+model on a GPU: the weight load, about 1-2 min) plus re-fetching each retried source and preparing
+its retried pages again (`Pages.iter(skip)` renders no other page; audio is decoded again whole)
+and a scan of the work area's small columns.
 Nothing is spent when no segment is degenerate. A page that is simply longer than
 `--max-new-tokens` stays truncated on every round: raise the limit rather than the retries.
 """
@@ -54,7 +56,7 @@ def segments_to_retry(rows: list[dict], round_index: int) -> list[int]:
             by_segment.setdefault(row["segment_index"], []).append(row)
     chosen = []
     for index, attempts in sorted(by_segment.items()):
-        best = stages._best_attempt(attempts)
+        best = stages.best_attempt(attempts)
         done_rounds = max(r.get("retry_round") or 0 for r in attempts)
         if quality.needs_retry(best.get("flags") or ()) and done_rounds < round_index:
             chosen.append(index)

@@ -4,13 +4,16 @@ Pure functions over plain dict rows so they can be unit-tested without Ray and r
 `jobs.pipeline` wires them into Ray Data operators and `ray.data.llm`.
 
 Row shapes:
-* source row  (read):   source_id, source_uri, source_row, name, data, prompt, load_error
+* source row  (read):   source_id, source_uri, source_row, name, data, prompt, json_schema, load_error
+  (+ retry_segments, retry_round in a retry round, `jobs.retry`)
 * request row (decode+prompt): one per page / audio chunk, or one error row per bad source
   (segment_index = -1); carries `messages_json`, the OpenAI chat messages from `model.inputs.prompts`,
   and for a document page the page itself at the model's size (`page_*`, from `model.inputs.pages`:
   encoded bytes, never a full-resolution bitmap); a page that failed to render is an error row of
-  its own segment
-* work row    (after infer): the segment result, written to the run's work area (resume state)
+  its own segment; a PDF page whose text layer is its text (`--pdf-text prefer`) carries `pdf_text`
+  and no request (`NO_INFERENCE`)
+* work row    (after infer): the segment result with its output checks (finish_reason, flags,
+  json; `jobs.quality`), written to the run's work area (resume state); one per attempt
 * output rows (assemble): `sources/` and `segments/` tables, see SOURCE_SCHEMA / SEGMENT_SCHEMA
 """
 
@@ -455,7 +458,7 @@ SEGMENT_SCHEMA = pa.schema([
 ])
 
 
-def _best_attempt(attempts: list[dict]) -> dict:
+def best_attempt(attempts: list[dict]) -> dict:
     """The attempt to keep for one segment: the least degenerate (`quality.badness`), then the
     earliest retry round (the greedy first pass wins ties), then the latest write (a resumed run
     may have written the same round twice)."""
@@ -471,7 +474,7 @@ def _where(segment: dict) -> str:
 
 def assemble_source(rows: list[dict], *, strict: bool = False) -> tuple[dict, list[dict]]:
     """All work rows of one source (any order, possibly from several invocations and retry rounds)
-    -> (source row, segment rows). One row per segment: the best attempt (`_best_attempt`); an
+    -> (source row, segment rows). One row per segment: the best attempt (`best_attempt`); an
     early failure marker is dropped once a later invocation produced segments.
 
     Segments still flagged `truncated`/`repetitive` after the retries leave the source `ok` with
@@ -490,7 +493,7 @@ def assemble_source(rows: list[dict], *, strict: bool = False) -> tuple[dict, li
     segments = []
     for index in sorted(by_segment):
         group = by_segment[index]
-        kept = dict(_best_attempt(group))
+        kept = dict(best_attempt(group))
         kept["attempts"] = len({r.get("retry_round") or 0 for r in group if r.get("text_source", "model") == "model"})
         kept["flags"] = list(kept.get("flags") or [])
         segments.append(kept)
