@@ -156,7 +156,9 @@ def spec_to_argv(spec) -> list[str]:
     """
     from jobs.run import parser
 
-    flags = {a.dest: a.option_strings[-1] for a in parser()._actions if a.option_strings and a.dest != "help"}
+    actions = [a for a in parser()._actions if a.option_strings and a.dest != "help"]
+    flags = {a.dest: a.option_strings[-1] for a in actions}
+    switches = {a.dest for a in actions if a.nargs == 0}  # store_true flags take no value
     argv: list[str] = []
     unmapped: list[str] = []
 
@@ -165,6 +167,9 @@ def spec_to_argv(spec) -> list[str]:
             return
         if dest not in flags:
             unmapped.append(dest)
+        elif dest in switches:
+            if value:
+                argv.append(flags[dest])
         elif value is not None:
             argv.extend([flags[dest], str(value)])
 
@@ -176,6 +181,9 @@ def spec_to_argv(spec) -> list[str]:
                 argv.extend([flags["inputs"], uri])
         elif field.name in ("actors_min", "actors_max"):
             continue
+        elif field.name == "json_schema":
+            # The schema itself travels (compact JSON), not a path that may not exist on the cluster.
+            add("json_schema", spec.schema_text(), None)
         elif field.name == "parquet":
             for sub in dataclasses.fields(value):
                 add(sub.name, getattr(value, sub.name), sub.default)

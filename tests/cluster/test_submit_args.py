@@ -46,3 +46,18 @@ def test_bad_arguments_fail_before_submission():
 def test_runtime_env_merge_keeps_project_env_vars():
     merged = merge_runtime_env({"working_dir": "/w", "env_vars": {"A": "1"}}, {"env_vars": {"B": "2"}, "pip": ["x"]})
     assert merged == {"working_dir": "/w", "env_vars": {"A": "1", "B": "2"}, "pip": ["x"]}
+
+
+def test_document_parsing_options_travel_to_the_cluster(tmp_path):
+    """--strict is a switch; the JSON schema travels as its text (a notebook's local file is not on
+    the cluster)."""
+    schema = tmp_path / "invoice.json"
+    schema.write_text('{"type": "object", "required": ["total"]}')
+    spec = resolve_spec(ARGS + ["--strict", "--retries", "2", "--pdf-text", "prefer", "--json-schema", str(schema)])
+    argv = spec_to_argv(spec)
+    assert "--strict" in argv and "True" not in argv
+    assert argv[argv.index("--json-schema") + 1] == '{"type":"object","required":["total"]}'
+    back = resolve_spec(argv)
+    assert (back.strict, back.retries, back.pdf_text) == (True, 2, "prefer")
+    assert back.schema_text() == spec.schema_text() and back.run_id == spec.run_id
+    assert "--strict" not in spec_to_argv(resolve_spec(ARGS))
