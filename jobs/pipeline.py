@@ -39,6 +39,8 @@ import pyarrow.compute as pc
 from connectors.sources import expand_inputs
 from connectors.storage import resolve
 from jobs import quality, retry, stages
+from jobs.console import NullProgress
+from jobs.exit_codes import ConfigError
 from jobs.spec import JobSpec
 from jobs.workarea import OutputLayout, finalize, read_published_segments, read_work, resume_state
 from model.inputs import prompts
@@ -126,16 +128,17 @@ def ensure_ray(spec: JobSpec) -> None:
 # -- phases ---------------------------------------------------------------------------------------
 
 
-def stream(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, units: list[dict]) -> None:
+def stream(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, units: list[dict],
+           progress=None) -> None:
     import ray
 
     light = 1.0 if spec.engine_settings().resolved_device() == "gpu" else 0.1
     ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 200)))
     ds = ds.flat_map(stages.expand_unit, fn_kwargs={"ctx": ctx}, num_cpus=light)  # read
-    infer_sources(spec, layout, ctx, ds)
+    infer_sources(spec, layout, ctx, ds, progress)
 
 
-def infer_sources(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, ds) -> None:
+def infer_sources(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, ds, progress=None) -> None:
     """Source rows -> decode+prompt -> infer -> work rows appended to the work area (one engine
     start). The stream and each retry round (jobs/retry.py) run through here."""
     processor, on_gpu = build_llm_processor(spec)
@@ -145,6 +148,8 @@ def infer_sources(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext,
     ds = processor(ds)  # infer
     ds = ds.map_batches(stages.work_batch, fn_kwargs={"ctx": ctx}, batch_format="numpy",
                         batch_size=spec.batch_size, num_cpus=light)
+    if progress is not None:
+        ds = progress.attach(ds, num_cpus=light)  # counts finished work rows for the console
     fs, work_path = resolve(layout.work, spec.storage)
     ds.write_parquet(work_path, filesystem=fs, min_rows_per_file=1)
 
@@ -228,14 +233,21 @@ def _unit_done(unit: dict, done: frozenset, spec: JobSpec) -> bool:
     return ids is not None and all(i in done for i in ids)
 
 
-def run_job(spec: JobSpec) -> dict:
-    """Run (or resume) the job; return the run summary (also written beside the output)."""
+def run_job(spec: JobSpec, progress=None) -> dict:
+    """Run (or resume) the job; return the run summary (also written beside the output).
+
+    progress: a `jobs.console.Progress` (the command line's progress line); None prints the start line only.
+    """
+    progress = progress or NullProgress()
     started = time.time()
     layout = OutputLayout(spec)
     attempt = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     ensure_ray(spec)
 
-    units = expand_inputs(spec.inputs, spec.storage)
+    try:
+        units = expand_inputs(spec.inputs, spec.storage)
+    except FileNotFoundError as exc:  # an input that matches nothing: fix the command (exit 2)
+        raise ConfigError(str(exc)) from exc
     previous = read_work(layout, spec, columns=["source_id", "segment_index", "num_segments",
                                                 "error_stage", "written_at", "attempt"])
     done, partial = resume_state(previous)
@@ -248,12 +260,12 @@ def run_job(spec: JobSpec) -> dict:
         done_sources=done, done_segments=partial,
     )
     pending = [u for u in units if not _unit_done(u, done, spec)]
-    print(f"[jobs] run {spec.run_id} ({spec.run_date}): {len(units)} input units, "
-          f"{len(done)} sources already done, {len(partial)} partly done", flush=True)
+    progress.begin(spec, units, previous, done, partial)
     stream_started = time.time()
     if pending:
-        stream(spec, layout, ctx, pending)
+        stream(spec, layout, ctx, pending, progress)
     stream_s = time.time() - stream_started
+    progress.streamed()
     retry_rounds = retry.run_retry_rounds(spec, layout, ctx, infer_sources) if spec.retries else []
     finalize_started = time.time()
     sources = finalize(spec, layout)

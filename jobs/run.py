@@ -1,20 +1,26 @@
 """Command line: `python -m jobs.run --input URI [--input URI ...] --output URI --model PATH [options]`.
 
-Exit status: 0 when the run finished and its error rate is within `--error-threshold`, 2 when it
-finished with too many error rows (the tables and summary are still written), 1 on a job failure.
+The console shows one progress line (a heartbeat line every 30 s when not a terminal), then the run
+summary; Ray's and vLLM's logs go to the log file named at the start (`--verbose` shows them instead).
+
+Exit status: one code per outcome (jobs/exit_codes.py; the table ends `--help`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import pathlib
 import sys
 
 from connectors.sources import ParquetColumns
 from connectors.storage import StorageConfig
+from jobs import console
+from jobs.exit_codes import TABLE as EXIT_TABLE
+from jobs.exit_codes import ConfigError, ExitCode, for_summary
 from jobs.spec import JobSpec
 
-EXIT_OK, EXIT_FAILED, EXIT_TOO_MANY_ERRORS = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS = (
+    ExitCode.OK, ExitCode.JOB_FAILED, ExitCode.USAGE, ExitCode.THRESHOLD_EXCEEDED)
 
 
 def _pool(text: str) -> tuple[int, int]:
@@ -23,7 +29,7 @@ def _pool(text: str) -> tuple[int, int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.run", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m jobs.run", description=__doc__, epilog="exit status:\n" + EXIT_TABLE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", help="YAML job spec; flags given on the command line override it")
     p.add_argument("--input", action="append", dest="inputs", metavar="URI",
@@ -61,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--cpus-per-decode-task", type=float, help="CPUs reserved per decode task (1 on GPU, 0.5 on CPU)")
     p.add_argument("--seed", type=int, help="engine seed (decoding is greedy; affects nothing else)")
-    p.add_argument("--error-threshold", type=float, help="max share of error rows before exit 2")
+    p.add_argument("--error-threshold", type=float, help="max share of error rows before exit 3")
     p.add_argument("--run-id")
     p.add_argument("--run-date", help="YYYY-MM-DD output partition (default: today, UTC)")
     p.add_argument("--bytes-column")
@@ -70,14 +76,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-column")
     p.add_argument("--schema-column", help="Parquet column with a per-row JSON schema (auto: json_schema)")
     p.add_argument("--s3-endpoint", help="overrides AWS_ENDPOINT_URL / the profile's endpoint_url")
+    out = p.add_argument_group("console (not job settings)")
+    out.add_argument("--verbose", action="store_true", help="show Ray's and vLLM's logs here instead of in the log file")
+    out.add_argument("--log-file", type=pathlib.Path,
+                     help="where Ray's and vLLM's logs go (default: $G4U_LOG_DIR or /tmp/ray/g4u-logs/)")
     return p
+
+
+CONSOLE_FLAGS = ("verbose", "log_file")  # console options, not job settings
 
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
     data: dict = {}
     if args.spec:
         data = JobSpec.yaml_dict(args.spec)  # raw: derived defaults (run id) follow the merged spec
-    flags = {k: v for k, v in vars(args).items() if v is not None and k != "spec"}
+    flags = {k: v for k, v in vars(args).items() if v is not None and k != "spec" and k not in CONSOLE_FLAGS}
     if "actors" in flags:
         flags["actors_min"], flags["actors_max"] = flags.pop("actors")
     columns = {k: flags.pop(k) for k in ("bytes_column", "uri_column", "id_column", "prompt_column", "schema_column")
@@ -89,7 +102,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     data.update(flags)
     missing = [k for k in ("inputs", "output", "model") if not data.get(k)]
     if missing:
-        raise SystemExit(f"missing required settings: {', '.join('--' + m.rstrip('s') for m in missing)}")
+        raise ConfigError(f"missing required settings: {', '.join('--' + m.rstrip('s') for m in missing)}")
     if isinstance(data.get("parquet"), dict):
         data["parquet"] = ParquetColumns(**data["parquet"])
     if isinstance(data.get("storage"), dict):
@@ -97,37 +110,49 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     return JobSpec.from_dict(data)
 
 
-def print_summary(summary: dict) -> None:
-    s = summary
-    inv = s["this_invocation"]
-    print(f"\n== run {s['run_id']} ({s['run_date']}) ==")
-    print(f"sources: {s['sources']['total']} ({s['sources']['ok']} ok, {s['sources']['error']} error)  "
-          f"by modality: {json.dumps(s['sources']['by_modality'])}")
-    print(f"pages: {s['pages']}  audio: {s['audio_seconds']:.1f} s  segments: {s['segments']}  "
-          f"tokens in/out: {s['tokens']['input']}/{s['tokens']['output']}")
-    print(f"this invocation: {inv['sources_processed']} sources processed, {inv['sources_skipped_as_done']} "
-          f"already done, {inv['segments_inferred']} segments inferred, {inv['items_per_s']} items/s")
-    q = s.get("quality") or {}
-    if q.get("flags"):
-        flags = ", ".join(f"{name} {c['segments']} ({c['sources']} sources)" for name, c in q["flags"].items())
-        print(f"output checks: {flags}; text from {json.dumps(q.get('text_source', {}))}; "
-              f"retried {q.get('segments_retried', 0)} segments, {q.get('segments_recovered_by_retry', 0)} now clean")
-    for err in s["errors_sample"][:10]:
-        print(f"  error: {err['source_uri']}: {err['error']}")
-    print(f"error rate {s['error_rate']:.3f} (threshold {s['error_threshold']}): "
-          f"{'PASSED' if s['passed'] else 'FAILED'}")
-    print(f"tables:  {s['tables']['sources']}\n         {s['tables']['segments']}")
-    print(f"summary: {s['summary_path']}")
+def print_summary(summary: dict, file=None) -> None:
+    for line in console.summary_lines(summary):
+        print(line, file=file or sys.stdout)
+
+
+def execute(spec: JobSpec, *, verbose: bool = False, log_file: pathlib.Path | None = None, kind: str = "jobs-run",
+            after=None) -> int:
+    """Run `spec` with the console (progress line, log file, summary); return the exit code.
+    `after(summary, out)` prints more after the summary (the demo's table)."""
+    import ray
+
+    from jobs.pipeline import run_job
+
+    owns_ray = not ray.is_initialized()  # shut down only a Ray instance this run started
+    with console.Console(log_file or console.default_log_path(kind, spec.run_id), verbose=verbose) as con:
+        try:
+            summary = run_job(spec, progress=con.progress)
+        except ConfigError as exc:
+            con.failure(exc, "configuration error")
+            return ExitCode.USAGE
+        except KeyboardInterrupt as exc:
+            con.failure(exc, "interrupted")
+            return ExitCode.INTERRUPTED
+        except Exception as exc:  # noqa: BLE001 - any other failure: the run did not finish
+            con.failure(exc)
+            return ExitCode.JOB_FAILED
+        finally:
+            if owns_ray and ray.is_initialized():
+                ray.shutdown()  # inside the log redirection: Ray's shutdown chatter goes to the log file
+        con.summary(summary)
+        if after is not None:
+            after(summary, con.out)
+        return for_summary(summary)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    spec = spec_from_args(args)
-    from jobs.pipeline import run_job
-
-    summary = run_job(spec)
-    print_summary(summary)
-    return EXIT_OK if summary["passed"] else EXIT_TOO_MANY_ERRORS
+    args = parser().parse_args(argv)  # a usage error exits 2 (argparse)
+    try:
+        spec = spec_from_args(args)
+    except (ConfigError, ValueError, TypeError, OSError) as exc:  # bad values, unreadable --spec file
+        print(f"python -m jobs.run: configuration error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    return execute(spec, verbose=args.verbose, log_file=args.log_file)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import tempfile
 import time
 from typing import Any, Sequence
 
+from jobs.exit_codes import ExitCode
+
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIST_NAME = "gemma4-unified-batch"
 PLUGIN_GROUP = "vllm.general_plugins"
@@ -352,6 +354,7 @@ def submit(
     submission_id: str | None = None,
     entrypoint_num_cpus: float | None = None,
     metadata: dict[str, str] | None = None,
+    console_args: Sequence[str] = (),
 ) -> JobHandle:
     """Submit `python -m jobs.run <args>` to the Ray cluster at `address` (default: $RAY_ADDRESS).
 
@@ -364,7 +367,7 @@ def submit(
     env = merge_runtime_env(project_runtime_env(ship_code=ship_code), runtime_env)
     client = _client(address, token)
     # `python` on the cluster is the interpreter Ray runs with (the nodes' venv / image).
-    entrypoint = shlex.join(["python", "-m", "jobs.run", *argv])
+    entrypoint = shlex.join(["python", "-m", "jobs.run", *argv, *console_args])
     kwargs: dict[str, Any] = {"entrypoint": entrypoint, "runtime_env": env, "metadata": metadata}
     if submission_id:
         kwargs["submission_id"] = submission_id
@@ -459,48 +462,100 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-wait", action="store_true", help="Print the job id and return.")
     parser.add_argument("--timeout", type=float, default=None, help="Seconds to wait for the job.")
     parser.add_argument("--check", action="store_true", help="Only check that every node finds the vLLM plugin.")
-    args = parser.parse_args(own)
-    extra = json.loads(args.runtime_env_json) if args.runtime_env_json else {}
-    if args.env:
-        extra.setdefault("env_vars", {}).update(dict(item.split("=", 1) for item in args.env))
-    token = pathlib.Path(args.token_file).read_text().strip() if args.token_file else None
+    args = parser.parse_args(own)  # a usage error exits 2 (argparse), as in jobs.run
+    try:
+        extra = json.loads(args.runtime_env_json) if args.runtime_env_json else {}
+        if args.env:
+            extra.setdefault("env_vars", {}).update(dict(item.split("=", 1) for item in args.env))
+        token = pathlib.Path(args.token_file).read_text().strip() if args.token_file else None
+        # The batch job's own parser and checks, here, before anything is submitted.
+        spec = None if args.check else resolve_spec(job_args) if job_args else None
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"python -m jobs.submit: configuration error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     if args.check:
         print(json.dumps(check_cluster(args.address, extra, token=token, ship_code=not args.installed), indent=2))
-        return 0
-    if not job_args:
+        return ExitCode.OK
+    if spec is None:
         parser.error("give the arguments of jobs.run after `--`")
-    handle = submit(
-        job_args, address=args.address, runtime_env=extra, token=token, ship_code=not args.installed,
-        submission_id=args.submission_id,
-    )
-    print(f"submitted {handle.job_id} to {handle.address}", flush=True)
+    try:
+        handle = submit(
+            spec, address=args.address, runtime_env=extra, token=token, ship_code=not args.installed,
+            submission_id=args.submission_id, console_args=_console_args(job_args),
+        )
+    except Exception as exc:  # noqa: BLE001 - cluster unreachable, submission refused: the job did not run
+        print(f"python -m jobs.submit: could not submit to {args.address}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return ExitCode.JOB_FAILED
+    print(f"[jobs.submit] submitted {handle.job_id} to {handle.address}", flush=True)
     if args.no_wait:
-        return 0
-    status = _follow(handle, args.timeout)
-    print(f"job {handle.job_id}: {status}", flush=True)
+        return ExitCode.OK
+    try:
+        status = _follow(handle, args.timeout)
+    except TimeoutError as exc:
+        print(f"[jobs.submit] {exc}", flush=True)
+        return ExitCode.JOB_FAILED
+    code = exit_code(status, handle.info())
+    print(f"[jobs.submit] job {handle.job_id}: {status} (exit {int(code)}: {code.name.lower().replace('_', ' ')})",
+          flush=True)
     if handle.output:
-        print(f"results: {handle.output}", flush=True)
-    return 0 if status == "SUCCEEDED" else 1
+        print(f"[jobs.submit] results: {handle.output}", flush=True)
+    return code
+
+
+def _console_args(job_args: Sequence[str]) -> list[str]:
+    """jobs.run's console flags (--verbose, --log-file) given after `--`: they travel with the job."""
+    from jobs.run import parser as run_parser
+
+    ns = run_parser().parse_args(list(job_args))
+    return (["--verbose"] if ns.verbose else []) + (["--log-file", str(ns.log_file)] if ns.log_file else [])
+
+
+def exit_code(status: str, info: Any = None) -> ExitCode:
+    """jobs.submit's exit code for a finished Ray job: jobs.run's own code (the job driver's exit code)."""
+    if status == "SUCCEEDED":
+        return ExitCode.OK
+    driver_code = getattr(info, "driver_exit_code", None)
+    if status == "FAILED" and driver_code in (ExitCode.USAGE, ExitCode.THRESHOLD_EXCEEDED):
+        return ExitCode(driver_code)
+    return ExitCode.JOB_FAILED
 
 
 def _follow(handle: JobHandle, timeout: float | None) -> str:
-    """Stream the job's log to stdout until it ends (Ray's log tail); poll if the stream breaks."""
+    """Stream the job's console (its log: progress heartbeats, then the summary) and print status
+    changes, until the job ends; returns the final status. TimeoutError after `timeout` seconds."""
     import asyncio
 
-    started = time.monotonic()
-
     async def tail():
-        async for chunk in handle.client.tail_job_logs(handle.job_id):
-            print(chunk, end="", flush=True)
+        try:
+            async for chunk in handle.client.tail_job_logs(handle.job_id):
+                print(chunk, end="", flush=True)
+        except Exception as exc:  # noqa: BLE001 - the log stream is a convenience; the status is what counts
+            print(f"[jobs.submit] log stream ended ({exc}); waiting for the job", flush=True)
+
+    async def watch() -> str:
+        last = None
+        while True:
+            status = await asyncio.to_thread(handle.status)
+            if status != last:
+                print(f"[jobs.submit] job {handle.job_id}: {status}", flush=True)
+                last = status
+            if status in TERMINAL:
+                return status
+            await asyncio.sleep(2.0)
+
+    async def both() -> str:
+        log = asyncio.create_task(tail())
+        status = await watch()
+        try:  # the rest of the log (the summary) after the job ended
+            await asyncio.wait_for(log, 30)
+        except asyncio.TimeoutError:
+            log.cancel()
+        return status
 
     try:
-        asyncio.run(asyncio.wait_for(tail(), timeout))
+        return asyncio.run(asyncio.wait_for(both(), timeout))
     except asyncio.TimeoutError:
-        raise TimeoutError(f"job {handle.job_id} did not finish within {timeout} s") from None
-    except Exception as exc:  # noqa: BLE001 - the log stream is a convenience; the status is what counts
-        print(f"[jobs.submit] log stream ended ({exc}); waiting for the job", flush=True)
-    remaining = None if timeout is None else max(timeout - (time.monotonic() - started), 60)
-    return handle.wait(timeout=remaining)
+        raise TimeoutError(f"job {handle.job_id} did not finish within {timeout} s (still running)") from None
 
 
 if __name__ == "__main__":

@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="YAML file with ServingConfig fields (flags override it).")
     parser.add_argument("--ray-address", default=None, help="Attach to this Ray cluster ('auto': the local one).")
+    parser.add_argument("--verbose", action="store_true", help="Show Ray's and vLLM's logs here, not in the log file.")
+    parser.add_argument("--log-file", default=None, help="Where Ray's and vLLM's logs go (default: beside Ray's logs).")
+    parser.add_argument("--ready-timeout", type=float, default=900.0, help="Seconds to wait for the first answer.")
     for name, field in ServingConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, dest=name, default=None, help=field.description or None)
@@ -155,12 +158,26 @@ def config_from_argv(argv: list[str] | None = None) -> tuple[ServingConfig, argp
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Start the app; print where its logs go, then its URL once it answers (GET /health is 200)."""
+    from jobs.console import LogFile, default_log_path
+
+    config, ns = config_from_argv(argv)
+    log = LogFile(ns.log_file or default_log_path("serving", APP_NAME), verbose=ns.verbose)
+    with log:
+        print(f"[serving] Ray and vLLM logs: {'shown here (--verbose)' if ns.verbose else log.path}",
+              file=log.out, flush=True)
+        return _serve(config, ns, log.out)
+
+
+def _serve(config: ServingConfig, ns: argparse.Namespace, out) -> int:
     import ray
     from ray import serve
 
+    from jobs.console import wait_until_answering
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config, ns = config_from_argv(argv)
     address = ns.ray_address or os.environ.get("RAY_ADDRESS")
+    started = time.monotonic()
     ray.init(address=address, runtime_env={"env_vars": config.engine_settings().env()} if not address else None)
 
     # SIGTERM (Kubernetes, systemd, bench) and Ctrl-C stop the app gracefully at any point, also while
@@ -174,12 +191,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
+        url = f"http://{config.host}:{config.port}{config.route_prefix.rstrip('/')}"
+        print(f"[serving] starting {config.served_model_id} on {url}/v1 (engine start: about a minute on CPU)",
+              file=out, flush=True)
         serve.run(build_app_from_config(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
-        print(f"serving {config.served_model_id} at http://{config.host}:{config.port}/v1", flush=True)
+        probe = url.replace("://0.0.0.0:", "://127.0.0.1:") + "/health"
+        waited = wait_until_answering(probe, ns.ready_timeout)
+        if waited is None:
+            print(f"[serving] not answering {probe} after {ns.ready_timeout:.0f} s; see the log file", file=out, flush=True)
+            return 1
+        print(f"[serving] ready: {config.served_model_id} answering at {url}/v1 "
+              f"({time.monotonic() - started:.0f} s after start)", file=out, flush=True)
         while True:
             time.sleep(3600)
     except _Stop:
-        print("stopping: draining in-flight requests", flush=True)
+        print("[serving] stopping: draining in-flight requests", file=out, flush=True)
     finally:
         try:
             serve.delete(APP_NAME)

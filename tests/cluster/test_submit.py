@@ -21,6 +21,7 @@ import pyarrow as pa
 import pytest
 
 from jobs import samples
+from jobs.exit_codes import ExitCode
 from jobs.submit import JobHandle, read_table, submit
 
 RUN_DATE = "2026-11-21"
@@ -104,8 +105,9 @@ def test_same_night_again_from_the_cli_no_duplicates_and_threshold_fails(first_r
          *env_flags, "--timeout", "900", "--", *_args(tiny_checkpoint, 0.1)],
         capture_output=True, text=True, timeout=1000,
     )
-    # 1 of 3 sources errored > 10 %: the job fails and so does the command (what a scheduler sees).
-    assert cli.returncode == 1, cli.stdout[-4000:] + cli.stderr[-4000:]
+    # 1 of 3 sources errored > 10 %: the job fails, and the command exits with the driver's own code
+    # for "threshold exceeded" (what a scheduler sees), not the 1 of a failed job or the 2 of a bad flag.
+    assert cli.returncode == ExitCode.THRESHOLD_EXCEEDED == 3, cli.stdout[-4000:] + cli.stderr[-4000:]
     assert ": FAILED" in cli.stdout and f"run {first_run.run_id}" in cli.stdout  # job log streamed
     assert "error rate 0.333 (threshold 0.1): FAILED" in cli.stdout
 

@@ -203,7 +203,7 @@ def test_token_ids_equal_a_direct_vllm_call(job):
 
 def test_rerun_same_date_is_idempotent_and_threshold_exit(job):
     """The nightly re-run of a finished date recomputes nothing (no engine start), rewrites the same
-    rows, and exits 2 through the CLI when the error rate is over the threshold."""
+    rows, and exits 3 (threshold exceeded) through the CLI when the error rate is over the threshold."""
     from jobs.run import EXIT_TOO_MANY_ERRORS, main
 
     spec = job["spec"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +31,28 @@ def _cli(inputs, output, model):
             "--model", str(model), "--run-id", "resume-test", "--run-date", "2026-11-22",
             "--batch-size", "1", "--max-concurrent-batches", "1", "--max-new-tokens", "48",
             "--max-model-len", "4096", "--error-threshold", "0"]
+
+
+def check_console(stdout: str, stderr: str, log_dir: pathlib.Path) -> None:
+    """What the resumed run printed (not a terminal): the log file first, heartbeat lines at most every
+    30 s, the summary; no traceback, and none of Ray's or vLLM's own lines (they are in the log file)."""
+    from tests.jobs.test_console import HEARTBEAT
+
+    lines = stdout.splitlines()
+    assert lines[0].startswith("[jobs] Ray and vLLM logs: "), stdout[:2000]
+    log = pathlib.Path(lines[0].split(": ", 1)[1])
+    assert log.parent == log_dir and "EngineCore" in log.read_text()  # vLLM's engine logs went there
+    assert "Traceback" not in stdout + stderr and stderr == "", stderr[-3000:]
+    foreign = re.compile(r"\b(INFO|WARNING|ERROR|DEBUG)\b|pid=\d+|^\s*File \"|Triton|EngineCore")
+    assert not [line for line in lines if foreign.search(line)], stdout[-3000:]
+    stamps = [HEARTBEAT.match(line).group("elapsed") for line in lines if HEARTBEAT.match(line)]
+    seconds = [sum(int(x) * 60 ** i for i, x in enumerate(reversed(stamp.split(":")))) for stamp in stamps]
+    assert all(b - a >= 30 for a, b in zip([0] + seconds, seconds)), stamps
+    done = next(line for line in lines if " inference done: " in line)
+    assert done.endswith("writing the tables") and f"sources {N_PAGES}/{N_PAGES}, " in done, done
+    streamed = sum(int(x) * 60 ** i for i, x in enumerate(reversed(done.split()[1].split(":"))))
+    assert len(seconds) >= streamed // 30 - 1, (streamed, stamps)  # a line every 30 s, none skipped
+    assert "error rate 0.000 (threshold 0.0): PASSED" in stdout
 
 
 def _work_rows(output: pathlib.Path) -> int:
@@ -66,8 +89,10 @@ def test_killed_run_resumes_without_recompute_or_duplicates(tmp_path, tiny_check
     assert 0 < len(finished) < N_PAGES, f"kill landed outside the run: {len(finished)} finished"
     assert not (output / "sources").exists()  # nothing published by the killed run
 
-    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    second = subprocess.run(cmd, cwd=ROOT, env={**env, "G4U_LOG_DIR": str(tmp_path / "logs")},
+                            capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    check_console(second.stdout, second.stderr, tmp_path / "logs")
 
     summary = json.loads(next((output / "summaries").rglob("resume-test.json")).read_text())
     inv = summary["this_invocation"]
