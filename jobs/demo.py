@@ -1,16 +1,19 @@
 """`make demo`: the main job on local sample inputs, end to end, on a local Ray instance.
 
-    python -m jobs.demo [--model PATH] [--inputs DIR] [--output DIR]
+    python -m jobs.demo [--model PATH] [--inputs DIR] [--output DIR] [--verbose]
 
-1. writes sample inputs (rendered text pages as PNG/JPEG, a 3-page TIFF and PDF, a short and a
-   70 s audio clip, one corrupt PDF) to ./samples/,
-   plus the demo model's own samples (rendered text lines, spoken digit strings: `model.checkpoints.demo`),
+1. writes the sample inputs to ./samples/: documents made of what the demo checkpoint reads (a JPEG
+   line, a 3-page PDF and a 3-page TIFF with one line per page), spoken digit strings (a WAV clip and a
+   74 s recording the job cuts at its pauses and stitches back), the demo model's own samples, and
+   one corrupt PDF (`jobs.samples.write_demo_inputs`),
 2. uses the demo checkpoint by default (`model.checkpoints.demo.path()`: a small Gemma 4 Unified the project
    trains itself, shipped in model/checkpoints/demo_checkpoint/; pass --model for a real one),
-3. runs the batch job (`jobs.pipeline.run_job`) and prints the run summary, where the tables are
-   and a preview read back with pandas.
+3. runs the batch job (`jobs.run.execute`: progress line, Ray's and vLLM's logs in a log file, the run
+   summary) and prints, per input, the text it holds beside the text the model read, then the segments
+   (pages and audio chunks) read back with pandas.
 
-The corrupt PDF is expected to become one error row; the demo's error threshold allows it.
+The corrupt PDF is expected to become one error row; the demo's error threshold allows it. Exit codes
+are jobs.run's (jobs/exit_codes.py).
 """
 
 from __future__ import annotations
@@ -38,61 +41,82 @@ def ensure_model(path: pathlib.Path | None) -> pathlib.Path:
     return pathlib.Path(build(path, seed=0))
 
 
+def _one_line(text: str | None, width: int) -> str:
+    shown = " / ".join(part.strip() for part in str(text).split("\n\n")) if text is not None else "-"
+    shown = " ".join(shown.split())
+    return shown if len(shown) <= width else shown[: width - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=pathlib.Path, default=None, help="checkpoint (default: the demo checkpoint)")
     p.add_argument("--inputs", type=pathlib.Path, default=pathlib.Path("samples"))
     p.add_argument("--output", type=pathlib.Path, default=pathlib.Path("out/demo"))
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--verbose", action="store_true", help="show Ray's and vLLM's logs here instead of in the log file")
+    p.add_argument("--log-file", type=pathlib.Path, help="where Ray's and vLLM's logs go")
     args = p.parse_args(argv)
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from jobs.samples import write_demo_inputs
+    from jobs.samples import DEMO_PDF_DPI, write_demo_inputs
 
     files = write_demo_inputs(args.inputs)
-    from model.checkpoints.demo import write_samples
-
-    files.update({name: f"demo-model sample: {text!r}" for name, text in write_samples(args.inputs).items()})
-    print(f"[demo] sample inputs in {args.inputs}/:")
-    for name, what in files.items():
-        print(f"         {name:14s} {what}")
+    print(f"[demo] sample inputs in {args.inputs}/ (what each holds):")
+    for name, (what, text) in files.items():
+        print(f"         {name:15s} {what:42s} {_one_line(text, 60)}")
     model = ensure_model(args.model)
 
-    from jobs.pipeline import run_job
-    from jobs.run import print_summary
+    from jobs.run import execute
     from jobs.spec import JobSpec
 
-    spec = JobSpec(inputs=[str(args.inputs.resolve())], output=str(args.output.resolve()), model=str(model.resolve()),
+    # The files just written, not the directory: whatever else lies in it is not part of the demo.
+    inputs = [str((args.inputs / name).resolve()) for name in files]
+    spec = JobSpec(inputs=inputs, output=str(args.output.resolve()), model=str(model.resolve()),
                    max_new_tokens=args.max_new_tokens, max_model_len=4096, batch_size=8,
-                   error_threshold=0.25, pdf_dpi=100)
-    summary = run_job(spec)
-    print_summary(summary)
+                   error_threshold=0.25, pdf_dpi=DEMO_PDF_DPI)
+    expected = {name: text for name, (_, text) in files.items()} if args.model is None else {}
+    return execute(spec, verbose=args.verbose, log_file=args.log_file, kind="jobs-demo",
+                   after=lambda summary, out: show_tables(summary, expected, out))
 
-    import pandas as pd
 
-    sources = pd.read_parquet(args.output / "sources")
-    segments = pd.read_parquet(args.output / "segments")
-    pd.set_option("display.width", 160)
-    print("\n[demo] sources/ (pandas.read_parquet):")
-    print(sources[["source_uri", "status", "modality", "num_segments", "output_tokens", "error"]]
-          .assign(source_uri=lambda d: d.source_uri.str.rsplit("/", n=1).str[-1]).to_string(index=False))
-    # What people want to see: the text the model read or heard, per source.
-    print("\n[demo] text per source:")
-    for row in sources.sort_values("source_uri").itertuples():
-        name = row.source_uri.rsplit("/", 1)[-1]
-        shown = row.text if row.status == "ok" else f"<error: {row.error}>"
-        shown = " ".join(str(shown).split())
-        print(f"  {name:14s} {shown[:100] + ('...' if len(shown) > 100 else '')}")
-    print("\n[demo] segments/:")
-    print(segments[["source_uri", "segment_index", "page", "start_s", "end_s", "output_tokens"]]
-          .assign(source_uri=lambda d: d.source_uri.str.rsplit("/", n=1).str[-1]).to_string(index=False))
-    if args.model is None:
-        print("\n[demo] note: the demo checkpoint reads single rendered text lines (line_*.png) and spoken "
-              "digit strings (digits_*.flac); whole pages and other audio are outside what it learned.")
-    return 0 if summary["passed"] else 2
+def show_tables(summary: dict, expected: dict[str, str | None], out) -> None:
+    """Per input: the text it holds beside what the model read; then the segments. `expected` is empty
+    for a checkpoint other than the demo's (nothing to compare with)."""
+    import pyarrow.dataset as ds
+
+    from connectors.storage import resolve
+
+    def table(uri: str):
+        fs, path = resolve(uri)
+        rows = ds.dataset(path, filesystem=fs, format="parquet").to_table()
+        return rows.filter(ds.field("run_id") == summary["run_id"]).to_pandas()
+
+    sources = table(summary["tables"]["sources"]).assign(name=lambda d: d.source_uri.str.rsplit("/", n=1).str[-1])
+    segments = table(summary["tables"]["segments"]).assign(name=lambda d: d.source_uri.str.rsplit("/", n=1).str[-1])
+    print("\n[demo] text per source (sources/, read back with pyarrow):", file=out)
+    exact = 0
+    for row in sources.sort_values("name").itertuples():
+        read = row.text if row.status == "ok" else f"<error: {row.error}>"
+        if not expected:
+            print(f"  {row.name:15s} {_one_line(read, 110)}", file=out)
+            continue
+        want = expected.get(row.name)
+        match = (row.status == "ok" and read == want) or (want is None and row.status != "ok")
+        exact += match
+        print(f"  {row.name:15s} {'ok' if match else 'DIFF':4s} {row.num_segments:2d} seg  "
+              f"read:  {_one_line(read, 56)}", file=out)
+        if not match:
+            print(f"  {'':15s} {'':4s}         holds: {_one_line(want, 56)}", file=out)
+    if expected:
+        print(f"[demo] {exact} of {len(sources)} sources read exactly as expected (the corrupt PDF: its error row)",
+              file=out)
+    print("\n[demo] segments/ (one row per page or audio chunk):", file=out)
+    columns = ["name", "segment_index", "page", "start_s", "end_s", "output_tokens", "text"]
+    view = segments.sort_values(["name", "segment_index"])[columns].assign(text=lambda d: d.text.map(lambda t: _one_line(t, 40)))
+    print(view.to_string(index=False), file=out)
 
 
 if __name__ == "__main__":

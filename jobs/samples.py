@@ -94,23 +94,80 @@ def wav_bytes(audio: np.ndarray, sr: int = 16000, fmt: str = "WAV", subtype: str
     return buf.getvalue()
 
 
-def write_demo_inputs(directory: pathlib.Path, *, seed: int = 0, long_audio_s: float = 70.0) -> dict[str, str]:
-    """The demo corpus: documents, audio, one bad file. Returns {file name: what it is}."""
+# -- the demo's inputs (`make demo`) ----------------------------------------------------------------
+# Documents made of what the demo checkpoint reads (docs/demo-model.md, "What it can read"): one rendered
+# line per page, laid out by `model.checkpoints.demo.line_image` in Pillow's built-in font (the same on
+# every machine). The lines are freshly written; of 54 candidates, these are among the 25 the shipped checkpoint
+# read exactly as PNG, JPEG, PDF page and TIFF page (tests/model/test_demo.py checks them through the vLLM engine).
+DEMO_DOCUMENTS = {
+    "receipt.jpg": ["Receipt 3391 total 86.40 EUR"],
+    "report.pdf": ["Budget report for the year 2026", "Order total 1425.00 EUR", "Report page 3 of 3"],
+    "delivery.tiff": ["Delivery note 7710 for order 5523", "Order 6617 shipped on 2026-11-02",
+                      "Signed by the project office"],
+}
+DEMO_PDF_DPI = 100.0  # jobs.demo renders PDFs at this resolution: report.pdf's pages come back at their own size
+MEMO_TEXT = "7 5 9 4 7 0 0"  # memo.wav: this string of the long recording, as a 44.1 kHz stereo WAV
+
+
+def _line_images(texts: list[str]):
+    from model.checkpoints.demo import line_image
+    from model.checkpoints.demo_data import BUILTIN_FONT
+
+    return [line_image(text, font_index=BUILTIN_FONT) for text in texts]
+
+
+def line_jpeg(text: str) -> bytes:
+    return _save(_line_images([text]), "JPEG", quality=90)
+
+
+def line_tiff(texts: list[str]) -> bytes:
+    """A multi-page TIFF, one line per page."""
+    return _save(_line_images(texts), "TIFF", compression="tiff_deflate")
+
+
+def line_pdf(texts: list[str], dpi: float = DEMO_PDF_DPI) -> bytes:
+    """A PDF of scanned pages, one line per page, at `dpi`: rendering it at `dpi` gives back the pixels
+    exactly. Pages are grayscale+alpha, which Pillow stores as lossless JPEG 2000 (RGB or L would be JPEG)."""
+    pages = [image.convert("LA") for image in _line_images(texts)]
+    return _save(pages, "PDF", resolution=dpi)
+
+
+def write_demo_inputs(directory: pathlib.Path) -> dict[str, tuple[str, str | None]]:
+    """The demo corpus: documents, speech, one bad file, plus the demo model's own samples.
+
+    Returns {file name: (what it is, the text it holds)}: the text the demo checkpoint is expected to
+    read (None for the bad file, which becomes one error row)."""
+    import soxr
+
+    from model.checkpoints import demo
+    from model.inputs.media import decode_audio
+
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    index, flac = demo.recording()
+    memo = next(u for u in index["utterances"] if u["text"] == MEMO_TEXT)
+    audio = decode_audio(flac)[int(memo["start_s"] * 16000) - 1600: int(memo["end_s"] * 16000) + 1600]
+    audio44 = soxr.resample(audio, 16000, 44100).astype(np.float32)
+    lines = DEMO_DOCUMENTS
     files = {
-        "invoice.png": (png_page(SAMPLE_TEXTS[0]), "rendered text page (PNG)"),
-        "letter.jpg": (jpeg_page(SAMPLE_TEXTS[2]), "rendered text page (JPEG)"),
-        "report.tiff": (tiff_doc(SAMPLE_TEXTS[:3]), "3-page TIFF"),
-        "report.pdf": (pdf_doc(SAMPLE_TEXTS[1:4]), "3-page PDF"),
-        "memo.wav": (wav_bytes(tone(6.0, 44100, seed), 44100), "6 s clip, 44.1 kHz"),
-        "meeting.flac": (wav_bytes(tone(long_audio_s, 16000, seed + 1), 16000, fmt="FLAC"),
-                         f"{long_audio_s:g} s recording (chunked)"),
-        "broken.pdf": (b"%PDF-1.7\nthis file was cut off during upload", "bad file (corrupt PDF)"),
+        "receipt.jpg": (line_jpeg(lines["receipt.jpg"][0]), "a rendered line (JPEG)", lines["receipt.jpg"][0]),
+        "report.pdf": (line_pdf(lines["report.pdf"]), f"{len(lines['report.pdf'])}-page PDF, one line per page",
+                       "\n\n".join(lines["report.pdf"])),
+        "delivery.tiff": (line_tiff(lines["delivery.tiff"]), f"{len(lines['delivery.tiff'])}-page TIFF, one line per page",
+                          "\n\n".join(lines["delivery.tiff"])),
+        "memo.wav": (wav_bytes(np.stack([audio44, audio44], axis=1), 44100), "spoken digits (WAV, 44.1 kHz stereo)",
+                     memo["text"]),
+        "recording.flac": (flac, f"{index['seconds']:.0f} s recording of {len(index['utterances'])} spoken digit strings",
+                           index["text"]),
+        "broken.pdf": (b"%PDF-1.7\nthis file was cut off during upload", "bad file (corrupt PDF)", None),
     }
-    for name, (payload, _) in files.items():
+    for name, (payload, _, _) in files.items():
         (directory / name).write_bytes(payload)
-    return {name: what for name, (_, what) in files.items()}
+    described = {name: (what, text) for name, (_, what, text) in files.items()}
+    for name, text in demo.write_samples(directory).items():
+        described[name] = ("demo-model sample: a rendered line" if name.endswith(".png")
+                           else "demo-model sample: spoken digits", text)
+    return described
 
 
 # -- production-like documents (benchmarks and scale tests) ---------------------------------------

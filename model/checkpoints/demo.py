@@ -42,6 +42,38 @@ SAMPLE_SPEECH = [
     ("digits_a", "4 7 1 9 2 0 6", dict(voice="en-us", speed=160, pitch=50)),
     ("digits_b", "8 3 5 0 2", dict(voice="en-gb-x-rp+f2", speed=140, pitch=60)),
 ]
+# A long recording for the main job's demo (jobs.samples.write_demo_inputs): these digit strings, spoken by
+# espeak-ng in the training voices, one after the other with pauses of RECORDING_PAUSE_S between them
+# (over 70 s), so the job shows cutting at pauses and stitching on real words. `write_recording` makes
+# it; shipped as 8-bit FLAC (about 290 KB) with recording.json (where each string lies and what it says).
+# The strings were drawn with demo_data.random_digits / random_voice (seed 2026) and kept where the
+# shipped checkpoint reads them exactly, alone and cut from the recording with 0.1 s of pause on each
+# side (21 of 26; the held-out WER is in docs/demo-model.md).
+RECORDING = "recording"
+RECORDING_PAUSE_S = (1.0, 2.4)
+RECORDING_SPEECH = [
+    ("1 0 6 3 4 0 3 6", dict(voice="en-gb-scotland+f4", speed=183, pitch=60)),
+    ("7 1 8 6 0 2 1 9", dict(voice="en-gb-x-rp+klatt", speed=142, pitch=57)),
+    ("1 2 8 5", dict(voice="en-us+m7", speed=141, pitch=58)),
+    ("0 4 4 9 3 1 1", dict(voice="en-gb-scotland+f2", speed=146, pitch=47)),
+    ("2 9 2 9 8 9", dict(voice="en-gb-x-rp+m7", speed=168, pitch=35)),
+    ("4 9 7 5 5", dict(voice="en-gb-scotland+m3", speed=192, pitch=25)),
+    ("4 6 4 3", dict(voice="en-us+m1", speed=128, pitch=60)),
+    ("7 5 9 4 7 0 0", dict(voice="en-gb-x-rp+klatt", speed=161, pitch=63)),
+    ("7 4 3 0", dict(voice="en+klatt", speed=155, pitch=75)),
+    ("0 2 3 7 7", dict(voice="en-gb-x-rp+m3", speed=150, pitch=53)),
+    ("4 1 7 5 9 9", dict(voice="en-gb-x-gbclan+klatt", speed=169, pitch=40)),
+    ("1 9 2", dict(voice="en-us", speed=143, pitch=74)),
+    ("1 6 0 4", dict(voice="en-us", speed=148, pitch=25)),
+    ("6 9 4 5 6 4 5 5", dict(voice="en-gb-x-gbclan+m3", speed=193, pitch=33)),
+    ("2 9 2 7", dict(voice="en-029+f2", speed=126, pitch=58)),
+    ("5 7 9", dict(voice="en-gb-x-gbclan+m1", speed=181, pitch=55)),
+    ("8 4 1 7 6 1 4", dict(voice="en-us+f4", speed=146, pitch=28)),
+    ("6 5 8 3", dict(voice="en-029+klatt", speed=145, pitch=26)),
+    ("6 3 5 6 8 1", dict(voice="en-gb-scotland+m1", speed=146, pitch=26)),
+    ("0 9 5 4 2", dict(voice="en-gb-x-gbclan+m7", speed=198, pitch=58)),
+    ("0 2 4 6 7 7 9 8", dict(voice="en-gb-x-gbclan+m3", speed=175, pitch=60)),
+]
 
 
 def cache_dir() -> pathlib.Path:
@@ -78,8 +110,14 @@ def speech_clip(stem: str) -> tuple[str, bytes]:
     return texts[stem], (ASSETS / f"{stem}.flac").read_bytes()
 
 
-def write_assets(out: pathlib.Path = ASSETS) -> None:
-    """Re-synthesize the shipped speech clips (needs espeak-ng)."""
+def recording() -> tuple[dict, bytes]:
+    """(index, FLAC bytes) of the shipped long recording. The index: `text` (what it says, the strings
+    joined by spaces), `seconds`, and `utterances`, each string's `start_s`/`end_s`/`text`."""
+    return json.loads((ASSETS / f"{RECORDING}.json").read_text()), (ASSETS / f"{RECORDING}.flac").read_bytes()
+
+
+def write_assets(out: pathlib.Path = ASSETS, *, seed: int = 0) -> None:
+    """Re-synthesize the shipped speech clips and the long recording (needs espeak-ng)."""
     import soundfile as sf
 
     from model.checkpoints import demo_data
@@ -87,6 +125,29 @@ def write_assets(out: pathlib.Path = ASSETS) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for stem, text, voice in SAMPLE_SPEECH:
         sf.write(out / f"{stem}.flac", demo_data.synthesize(text, **voice), demo_data.SAMPLE_RATE, subtype="PCM_16")
+    write_recording(out, seed=seed)
+
+
+def write_recording(out: pathlib.Path = ASSETS, *, seed: int = 0) -> None:
+    """Synthesize the long recording (RECORDING_SPEECH) and its index (needs espeak-ng)."""
+    import soundfile as sf
+
+    from model.checkpoints import demo_data
+
+    rate = demo_data.SAMPLE_RATE
+    rng = np.random.default_rng(seed)
+    pieces, utterances, at = [np.zeros(rate // 2, np.float32)], [], rate // 2
+    for text, voice in RECORDING_SPEECH:
+        speech = demo_data.trim_silence(demo_data.synthesize(text, **voice))
+        pause = np.zeros(int(rng.uniform(*RECORDING_PAUSE_S) * rate), np.float32)
+        utterances.append(dict(start_s=round(at / rate, 4), end_s=round((at + speech.size) / rate, 4), text=text))
+        pieces += [speech, pause]
+        at += speech.size + pause.size
+    # 8 bits: a third of the 16-bit size; the quantization noise (about -58 dB) is far below the noise
+    # the checkpoint was trained with, and it reads every string the same as from float32.
+    sf.write(out / f"{RECORDING}.flac", np.concatenate(pieces), rate, subtype="PCM_S8")
+    index = dict(text=" ".join(u["text"] for u in utterances), seconds=round(at / rate, 4), utterances=utterances)
+    (out / f"{RECORDING}.json").write_text(json.dumps(index, indent=1) + "\n")
 
 
 def write_samples(out: pathlib.Path) -> dict[str, str]:
@@ -137,11 +198,16 @@ def main(argv: list[str] | None = None) -> None:
     group.add_argument("--path", action="store_true", help="print the checkpoint directory")
     group.add_argument("--evaluate", action="store_true", help="held-out CER/WER of the checkpoint")
     group.add_argument("--samples", metavar="DIR", help="write sample inputs to DIR")
+    group.add_argument("--write-recording", action="store_true",
+                       help=f"re-synthesize demo_assets/{RECORDING}.flac and .json (needs espeak-ng)")
     parser.add_argument("--eval-bank", help="speech bank from `python -m model.checkpoints.demo_data bank` (else espeak-ng)")
     parser.add_argument("--lines", type=int, default=200, help="held-out rendered lines to score")
     args = parser.parse_args(argv)
     if args.path:
         print(path())
+    elif args.write_recording:
+        write_recording()
+        print(ASSETS / f"{RECORDING}.flac")
     elif args.evaluate:
         scores = evaluate(path(), args.eval_bank, args.lines)
         print(json.dumps(scores, indent=2))

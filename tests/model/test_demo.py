@@ -75,3 +75,71 @@ def test_reads_rendered_lines_and_transcribes_spoken_digits(demo_llm):
     got = read(demo_llm, messages)
     # Different inputs, different exact readings: the model reads them, it does not recite.
     assert got == lines + [text for text, _ in speech]
+
+
+def _pipeline_requests(path, spec) -> list[tuple[list[dict], dict]]:
+    """(chat messages, image processor kwargs) of each request the batch job builds for one input file,
+    in order: its decode+prompt stage, then the request its `ray.data.llm` preprocess makes of a row."""
+    from connectors.sources import file_source
+    from connectors.storage import StorageConfig
+    from jobs import stages
+    from model.inputs.prompts import default_tasks as checkpoint_tasks
+
+    ctx = stages.StageContext(
+        run_id="demo-test", attempt="a", task=spec.task, storage=StorageConfig(), limits=spec.media_limits(),
+        parquet=spec.parquet, chunk_s=spec.chunk_s, overlap_s=spec.overlap_s, max_new_tokens=spec.max_new_tokens,
+        default_tasks=checkpoint_tasks(spec.model), geometry=spec.page_geometry())
+    rows = list(stages.decode_source(file_source(str(path)), ctx))
+    assert all(r["error"] is None for r in rows), rows
+    requests = [stages.to_llm_request(r, spec.max_new_tokens) for r in sorted(rows, key=lambda r: r["segment_index"])]
+    return [(r["messages"], r.get("mm_processor_kwargs") or {}) for r in requests]
+
+
+def chat_each(llm, requests: list[tuple[list[dict], dict]]) -> list[str]:
+    """Greedy readings of requests that may need different image processor kwargs (grouped by them)."""
+    from vllm import SamplingParams
+
+    got: list[str | None] = [None] * len(requests)
+    groups: dict[str, list[int]] = {}
+    for i, (_, kwargs) in enumerate(requests):
+        groups.setdefault(json.dumps(kwargs, sort_keys=True), []).append(i)
+    for key, indexes in groups.items():
+        outs = llm.chat([requests[i][0] for i in indexes], SamplingParams(temperature=0.0, max_tokens=48),
+                        chat_template_content_format="openai", mm_processor_kwargs=json.loads(key) or None,
+                        use_tqdm=False)
+        for i, out in zip(indexes, outs):
+            got[i] = out.outputs[0].text.strip()
+    return got
+
+
+def test_reads_the_main_jobs_demo_inputs(demo_llm, tmp_path):
+    """What `make demo` feeds the job (jobs.samples.write_demo_inputs), through the job's own decode and
+    prompt stage with the demo's settings: every page of the JPEG, the PDF and the TIFF and the WAV clip
+    read exactly as the text they hold; so is each spoken string of the long recording as a cut at its
+    pauses delivers it."""
+    from jobs.samples import DEMO_PDF_DPI, write_demo_inputs
+    from jobs.spec import JobSpec
+    from model.inputs import media
+
+    files = write_demo_inputs(tmp_path)
+    spec = JobSpec(inputs=[str(tmp_path)], output=str(tmp_path / "out"), model=str(demo.SHIPPED),
+                   pdf_dpi=DEMO_PDF_DPI)
+    requests, wanted = [], []
+    for name in ("receipt.jpg", "report.pdf", "delivery.tiff", "memo.wav"):
+        texts = files[name][1].split("\n\n")
+        made = _pipeline_requests(tmp_path / name, spec)
+        assert len(made) == len(texts), name
+        requests += made
+        wanted += [(name, text) for text in texts]
+    index, flac = demo.recording()
+    audio = media.decode_audio(flac)
+    assert len(audio) / 16000 == pytest.approx(index["seconds"]) and index["seconds"] >= 70
+    assert " ".join(u["text"] for u in index["utterances"]) == files["recording.flac"][1]
+    defaults = default_tasks(demo.SHIPPED)
+    for u in index["utterances"]:  # 0.1 s of the pause on each side
+        piece = audio[int((u["start_s"] - 0.1) * 16000): int((u["end_s"] + 0.1) * 16000)]
+        requests.append((messages_for_item("auto", "audio", audio=piece, defaults=defaults), {}))
+        wanted.append(("recording.flac", u["text"]))
+    got = chat_each(demo_llm, requests)
+    misread = [(name, want, text) for (name, want), text in zip(wanted, got) if text != want]
+    assert not misread, misread
