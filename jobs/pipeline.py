@@ -62,18 +62,26 @@ def build_llm_processor(spec: JobSpec):
     from model.registration import UPSTREAM_ARCHITECTURE
 
     settings = spec.engine_settings()
-    engine_kwargs = settings.ray_engine_kwargs()
-    engine_kwargs.setdefault("structured_outputs_config", quality.STRUCTURED_OUTPUTS_CONFIG)
     on_gpu = settings.resolved_device() == "gpu"
     tp = spec.tensor_parallel_size
     if on_gpu:
         gpus = spec.gpus_per_actor if spec.gpus_per_actor is not None else float(tp)
         bundles = [{"GPU": gpus / tp, "CPU": 1}] * tp
         light = 1.0
+        if settings.max_num_seqs is None or settings.max_num_batched_tokens is None:
+            settings = settings.with_batch_defaults(*gpu_batch_defaults_on_cluster(tp, settings.env()))
     else:
         # Without this the engine stage asks for a GPU and waits forever on a CPU-only machine.
         bundles = [{"CPU": 1}] * tp
         light = 0.1  # tokenizer-sized stages must not starve the engine of the few cores there are
+    engine_kwargs = settings.ray_engine_kwargs()
+    engine_kwargs.setdefault("structured_outputs_config", quality.STRUCTURED_OUTPUTS_CONFIG)
+    # Rows in flight per actor cover what the engine admits (ray.data.llm lets 1.1 x max_num_seqs
+    # into it), or the engine runs below its capacity while rows wait upstream.
+    concurrent_batches = spec.concurrent_batches(settings.resolved_max_num_seqs())
+    log.info("engine: max_num_seqs=%s max_num_batched_tokens=%s; %d batches of %d rows in flight per actor",
+             engine_kwargs.get("max_num_seqs"), engine_kwargs.get("max_num_batched_tokens", "vLLM default"),
+             concurrent_batches, spec.batch_size)
     # The multimodal-parsing stage builds a bare vLLM ModelConfig in a CPU worker where vLLM's
     # plugins are not loaded, so it cannot resolve the project's architecture name. It only needs
     # the placeholder format and per-prompt limits, which the project's class inherits unchanged
@@ -90,7 +98,7 @@ def build_llm_processor(spec: JobSpec):
         runtime_env={"env_vars": settings.env()},
         batch_size=spec.batch_size,
         concurrency=(spec.actors_min, spec.actors_max),
-        max_concurrent_batches=spec.max_concurrent_batches,
+        max_concurrent_batches=concurrent_batches,
         placement_group_config={"bundles": bundles},
         should_continue_on_error=True,  # an engine error fails its row, not the job
         prepare_multimodal_stage={"enabled": True, "chat_template_content_format": CONTENT_FORMAT,
@@ -107,7 +115,30 @@ def build_llm_processor(spec: JobSpec):
     ), on_gpu
 
 
-def ensure_ray(spec: JobSpec) -> None:
+GPU_PROBE_TIMEOUT_S = 300.0
+
+
+def gpu_batch_defaults_on_cluster(tensor_parallel_size: int, env: dict) -> tuple[int, int]:
+    """vLLM's own (max_num_seqs, max_num_batched_tokens) for the cluster's GPUs, asked on a GPU
+    worker (`model.engine.gpu_batch_defaults`: the driver may have no GPU). If no GPU worker answers
+    within GPU_PROBE_TIMEOUT_S, vLLM's defaults for GPUs under 70 GiB (256, 8192), with a warning."""
+    import ray
+
+    from model.engine import gpu_batch_defaults
+
+    probe = ray.remote(num_gpus=0.01, num_cpus=0, runtime_env={"env_vars": env})(gpu_batch_defaults)
+    ref = probe.remote(tensor_parallel_size)
+    try:
+        return tuple(ray.get(ref, timeout=GPU_PROBE_TIMEOUT_S))
+    except Exception as exc:  # noqa: BLE001 - a busy or odd cluster must not stop the job
+        ray.cancel(ref, force=True)
+        log.warning("could not ask a GPU worker for vLLM's batch defaults (%s); using 256 sequences and "
+                    "8192 batched tokens (vLLM's defaults for GPUs under 70 GiB); set --max-num-seqs", exc)
+        return 256, 8192
+
+
+def ensure_ray(spec: JobSpec, **init_kwargs) -> None:
+    """Attach to RAY_ADDRESS, or start a local instance (extra `ray.init` arguments: benches)."""
     import ray
 
     if ray.is_initialized():
@@ -122,7 +153,7 @@ def ensure_ray(spec: JobSpec) -> None:
         # units, not threads: vLLM's CPU backend still uses every core.
         kwargs["num_cpus"] = max(4, os.cpu_count() or 1)
     ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False,
-             log_to_driver=True, **kwargs)
+             log_to_driver=True, **kwargs, **init_kwargs)
 
 
 # -- phases ---------------------------------------------------------------------------------------

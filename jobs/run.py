@@ -63,7 +63,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", type=int)
     p.add_argument("--actors", type=_pool, metavar="MIN[,MAX]", help="inference actor pool size")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-concurrent-batches", type=int, help="batches in flight per inference actor")
+    p.add_argument("--max-concurrent-batches", type=int,
+                   help="batches in flight per inference actor (default: enough to cover max_num_seqs)")
+    p.add_argument("--max-num-seqs", type=int,
+                   help="running sequences per engine (default: vLLM's for the GPU; 64 on CPU)")
+    p.add_argument("--max-num-batched-tokens", type=int, help="tokens per engine step (default: vLLM's)")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--cpus-per-decode-task", type=float, help="CPUs reserved per decode task (1 on GPU, 0.5 on CPU)")
     p.add_argument("--seed", type=int, help="engine seed (decoding is greedy; affects nothing else)")

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import math
 import pathlib
 from typing import Any
 
@@ -64,7 +65,14 @@ class JobSpec:
     actors_min: int = 1
     actors_max: int = 1
     batch_size: int = 16
-    max_concurrent_batches: int = 4  # batches in flight per inference actor (keeps the engine fed)
+    # Engine concurrency. None: vLLM's own defaults for the hardware on GPU (its offline table:
+    # 256 running sequences / 8192 batched tokens, 1024 / 16384 on H100-class GPUs), resolved on a GPU
+    # worker; CPU_MAX_NUM_SEQS running sequences on CPU.
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    # Batches in flight per inference actor. None: enough rows to cover the engine's capacity,
+    # ceil(1.1 * max_num_seqs / batch_size) (ray.data.llm admits 1.1 x max_num_seqs into the engine).
+    max_concurrent_batches: int | None = None
     max_model_len: int = 8192
     cpus_per_decode_task: float | None = None  # None: 1 on GPU clusters, 0.5 on CPU machines
     # Fail the job (non-zero exit) when more than this share of sources errored.
@@ -89,8 +97,10 @@ class JobSpec:
             raise ValueError("error_threshold must be between 0 and 1")
         if self.actors_min < 1 or self.actors_max < self.actors_min:
             raise ValueError("actor pool needs 1 <= actors_min <= actors_max")
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_concurrent_batches < 1:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
+        if self.max_concurrent_batches is not None and self.max_concurrent_batches < 1:
+            raise ValueError("max_concurrent_batches must be >= 1 (or unset: derived from max_num_seqs)")
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
         if self.pdf_text not in PDF_TEXT_MODES:
@@ -157,9 +167,16 @@ class JobSpec:
             max_audios_per_prompt=1,  # one chunk per request
             max_soft_tokens=self.image_tokens,
             tensor_parallel_size=self.tensor_parallel_size,
-            max_num_seqs=max(self.batch_size, 8),
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
             seed=self.seed,
         )
+
+    def concurrent_batches(self, max_num_seqs: int) -> int:
+        """Batches in flight per inference actor: the rows must cover what the engine admits."""
+        if self.max_concurrent_batches is not None:
+            return self.max_concurrent_batches
+        return max(1, math.ceil(1.1 * max_num_seqs / self.batch_size))
 
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,12 @@ limits, device, tensor parallelism) and renders it for each consumer:
 
 Device "auto" picks GPU when torch sees one, else CPU. On CPU the engine runs float32 and eager
 (the CPU build has no CUDA graphs, and bf16 would break parity with the float32 reference).
+
+Concurrency: `max_num_seqs` / `max_num_batched_tokens` left at None are not passed on GPU, so vLLM
+picks its own defaults for the hardware and the caller's usage context (`gpu_batch_defaults` gives
+the offline ones, which ray.data.llm does not ask for, see there). On CPU None means
+`CPU_MAX_NUM_SEQS` running sequences (what the project measured to work on small CPU machines) and
+vLLM's CPU default for batched tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ SCHEDULER_CLS = "model.mm_scheduler.WholeMultimodalItemScheduler"  # no vLLM imp
 
 Device = Literal["auto", "cpu", "gpu"]
 
+CPU_MAX_NUM_SEQS = 64
+
 
 @dataclasses.dataclass(frozen=True)
 class EngineSettings:
@@ -39,7 +47,9 @@ class EngineSettings:
     max_soft_tokens: int | None = None
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.90
-    max_num_seqs: int = 64
+    # None: vLLM's own default for the hardware on GPU; CPU_MAX_NUM_SEQS on CPU.
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None  # None: vLLM's own default
     cpu_kv_cache_gib: int = 1
     seed: int = 0
     enforce_eager: bool | None = None  # None: eager on CPU, CUDA graphs on GPU
@@ -51,6 +61,10 @@ class EngineSettings:
             raise ValueError("tensor_parallel_size must be >= 1")
         if self.max_soft_tokens not in (None, 70, 140, 280, 560, 1120):
             raise ValueError("max_soft_tokens must be one of 70, 140, 280, 560, 1120")
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset for vLLM's default)")
 
     # -- resolution ---------------------------------------------------------------------------
     def resolved_device(self) -> Literal["cpu", "gpu"]:
@@ -62,6 +76,12 @@ class EngineSettings:
             return "gpu" if torch.cuda.is_available() else "cpu"
         except ImportError:
             return "cpu"
+
+    def resolved_max_num_seqs(self) -> int | None:
+        """Running sequences the engine is configured for (None: vLLM decides, on GPU)."""
+        if self.max_num_seqs is not None:
+            return self.max_num_seqs
+        return CPU_MAX_NUM_SEQS if self.resolved_device() == "cpu" else None
 
     def resolved_dtype(self) -> str:
         if self.dtype != "auto":
@@ -107,10 +127,13 @@ class EngineSettings:
                 "video": 0,
             },
             tensor_parallel_size=self.tensor_parallel_size,
-            max_num_seqs=self.max_num_seqs,
             enforce_eager=cpu if self.enforce_eager is None else self.enforce_eager,
             seed=self.seed,
         )
+        if self.resolved_max_num_seqs() is not None:
+            kwargs["max_num_seqs"] = self.resolved_max_num_seqs()
+        if self.max_num_batched_tokens is not None:
+            kwargs["max_num_batched_tokens"] = self.max_num_batched_tokens
         if cpu and self.bidirectional_vision() is not False:
             # Bidirectional image attention on CPU (model/cpu_bidirectional.py) needs each image
             # prefilled in one step; vLLM forces the flag on CUDA too, and the scheduler closes
@@ -125,6 +148,15 @@ class EngineSettings:
         if override:
             kwargs["hf_overrides"] = override
         return kwargs
+
+    def with_batch_defaults(self, max_num_seqs: int, max_num_batched_tokens: int) -> EngineSettings:
+        """These settings with the given values wherever the caller left them unset."""
+        return dataclasses.replace(
+            self,
+            max_num_seqs=self.max_num_seqs if self.max_num_seqs is not None else max_num_seqs,
+            max_num_batched_tokens=(self.max_num_batched_tokens if self.max_num_batched_tokens is not None
+                                    else max_num_batched_tokens),
+        )
 
     def ray_engine_kwargs(self) -> dict:
         """`engine_kwargs` for ray.data.llm / ray.serve.llm (they take the model separately)."""
@@ -147,3 +179,19 @@ class EngineSettings:
 
         for key, value in self.env().items():
             os.environ.setdefault(key, value)
+
+
+def gpu_batch_defaults(tensor_parallel_size: int = 1) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) vLLM itself picks for offline use (`vllm.LLM`) on the
+    GPU of the calling process: 256/8192 below 70 GiB (and on A100s), 1024/16384 on H100/H200-class
+    and larger GPUs (vLLM 0.29's table, `EngineArgs.get_batch_defaults`).
+
+    Why ask: ray.data.llm's engine stage builds its engine without a usage context, and vLLM then
+    falls back to 128 sequences / 2048 batched tokens whatever the GPU (Ray Serve LLM had the same
+    defect, ray#55159). Call it where the engine will run (a GPU worker), not on a CPU-only driver.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    batched_tokens, seqs = EngineArgs.get_batch_defaults(tensor_parallel_size)
+    return int(seqs[UsageContext.LLM_CLASS]), int(batched_tokens[UsageContext.LLM_CLASS])

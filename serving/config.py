@@ -32,7 +32,9 @@ class ServingConfig(BaseModel):
     max_audios_per_prompt: int = 4
     max_soft_tokens: int | None = None
     tensor_parallel_size: int = 1
-    max_num_seqs: int = 64
+    max_num_seqs: int | None = Field(
+        None, description="Running sequences per engine. None: vLLM's own default for the GPU; 64 on CPU.")
+    max_num_batched_tokens: int | None = Field(None, description="Tokens per engine step. None: vLLM's default.")
     cpu_kv_cache_gib: int = 1
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -120,5 +122,6 @@ class ServingConfig(BaseModel):
             max_soft_tokens=self.max_soft_tokens,
             tensor_parallel_size=self.tensor_parallel_size,
             max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
             cpu_kv_cache_gib=self.cpu_kv_cache_gib,
         )

@@ -60,3 +60,21 @@ def test_docparse_options_from_flags(tmp_path):
     assert JobSpec(inputs=["s3://x/"], output="o", model="m", run_date="2026-11-22", retries=2).run_id == plain.run_id
     inline = JobSpec(inputs=["s3://x/"], output="o", model="m", json_schema={"type": "object"})
     assert inline.schema_text() == '{"type":"object"}' and JobSpec.from_dict(inline.to_dict()).schema_text() == inline.schema_text()
+
+
+def test_engine_concurrency_flags_and_the_rows_in_flight_rule():
+    base = ["--input", "s3://x/", "--output", "o", "--model", "m"]
+    plain = spec_from_args(parser().parse_args(base))
+    assert (plain.max_num_seqs, plain.max_num_batched_tokens, plain.max_concurrent_batches) == (None, None, None)
+    settings = plain.engine_settings()
+    assert (settings.max_num_seqs, settings.max_num_batched_tokens) == (None, None)  # vLLM's own on GPU
+    # Rows in flight per actor cover what ray.data.llm admits into the engine (1.1 x max_num_seqs).
+    assert plain.batch_size * plain.concurrent_batches(64) >= 1.1 * 64
+    assert plain.concurrent_batches(1024) == 71 and plain.concurrent_batches(8) == 1  # batch 16
+    spec = spec_from_args(parser().parse_args(base + ["--max-num-seqs", "512", "--max-num-batched-tokens", "16384",
+                                                      "--max-concurrent-batches", "3"]))
+    assert (spec.engine_settings().max_num_seqs, spec.engine_settings().max_num_batched_tokens) == (512, 16384)
+    assert spec.concurrent_batches(512) == 3  # set by the user: kept
+    assert spec.run_id == plain.run_id  # how fast, not what is computed
+    with pytest.raises(ValueError):
+        JobSpec(inputs=["x"], output="o", model="m", max_concurrent_batches=0)

@@ -36,3 +36,28 @@ def test_gpu_rendering(tiny_checkpoint):
 def test_invalid_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         EngineSettings(model="x", **kwargs)
+
+
+def test_gpu_keeps_vllms_own_concurrency_unless_set(tiny_checkpoint):
+    # No cap on GPU: vLLM picks max_num_seqs / max_num_batched_tokens for the hardware.
+    kw = EngineSettings(model=str(tiny_checkpoint), device="gpu").vllm_kwargs()
+    assert "max_num_seqs" not in kw and "max_num_batched_tokens" not in kw
+    s = EngineSettings(model=str(tiny_checkpoint), device="gpu", max_num_seqs=512, max_num_batched_tokens=16384)
+    kw = s.ray_engine_kwargs()
+    assert (kw["max_num_seqs"], kw["max_num_batched_tokens"]) == (512, 16384)
+    # Defaults found for the cluster fill only what the user left unset.
+    filled = EngineSettings(model="m", device="gpu", max_num_seqs=96).with_batch_defaults(1024, 16384)
+    assert (filled.max_num_seqs, filled.max_num_batched_tokens) == (96, 16384)
+
+
+def test_cpu_keeps_its_measured_concurrency(tiny_checkpoint):
+    s = EngineSettings(model=str(tiny_checkpoint), device="cpu")
+    assert s.vllm_kwargs()["max_num_seqs"] == s.resolved_max_num_seqs() == 64
+    assert "max_num_batched_tokens" not in s.vllm_kwargs()
+    assert EngineSettings(model="m", device="cpu", max_num_seqs=8).vllm_kwargs()["max_num_seqs"] == 8
+
+
+@pytest.mark.parametrize("field", ["max_num_seqs", "max_num_batched_tokens"])
+def test_concurrency_settings_must_be_positive(field):
+    with pytest.raises(ValueError, match=field):
+        EngineSettings(model="x", **{field: 0})

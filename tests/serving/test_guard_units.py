@@ -64,6 +64,17 @@ def test_config_rejects_unknown_fields_and_normalises():
     assert config.images_per_request == config.max_images_per_prompt
 
 
+
+def test_engine_concurrency_is_vllms_own_unless_set():
+    from serving.app import config_from_argv
+
+    plain = ServingConfig(model="/m", device="gpu").engine_settings().vllm_kwargs()
+    assert "max_num_seqs" not in plain and "max_num_batched_tokens" not in plain
+    config, _ = config_from_argv(["--model", "/m", "--max-num-seqs", "256", "--max-num-batched-tokens", "8192"])
+    assert (config.max_num_seqs, config.max_num_batched_tokens) == (256, 8192)
+    kw = config.engine_settings().ray_engine_kwargs()
+    assert (kw["max_num_seqs"], kw["max_num_batched_tokens"]) == (256, 8192)
+
 def test_builder_makes_ingress_plus_llm_server(tiny_checkpoint):
     """The Serve graph (no cluster needed to build it): our ingress over ray.serve.llm's LLMServer,
     with EngineSettings' engine kwargs, CPU placement and the autoscaling settings."""
