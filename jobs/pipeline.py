@@ -284,7 +284,8 @@ def run_job(spec: JobSpec, progress=None) -> dict:
     done, partial = resume_state(previous)
     ctx = stages.StageContext(
         run_id=spec.run_id, attempt=attempt, task=spec.task, storage=spec.storage,
-        limits=spec.media_limits(), parquet=spec.parquet, chunk_s=spec.chunk_s, overlap_s=spec.overlap_s,
+        limits=spec.media_limits(), parquet=spec.parquet, segmentation=spec.audio_segmentation(),
+        audio=spec.checkpoint_audio(),
         max_new_tokens=spec.max_new_tokens, default_tasks=prompts.default_tasks(spec.model),
         stop_token_ids=quality.checkpoint_stop_ids(spec.model), max_model_len=spec.max_model_len,
         json_schema=spec.schema_text(), seed=spec.seed, pdf_text=spec.pdf_text, geometry=spec.page_geometry(),
@@ -311,5 +312,9 @@ def run_job(spec: JobSpec, progress=None) -> dict:
                         skipped=len(done),
                         new_work=new_work, started=started, stream_s=stream_s, finalize_s=finalize_s,
                         quality_counts=counts, retry_rounds=retry_rounds)
+    if spec.subtitles:  # a separate step over the finished work area (jobs/subtitles.py)
+        from jobs import subtitles
+
+        summary["subtitles"] = subtitles.write(spec, layout)
     _write_json(layout.summary, summary, spec)
     return summary

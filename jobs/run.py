@@ -56,8 +56,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json-schema", metavar="FILE",
                    help="structured extraction: decode each page/chunk under this JSON schema (guided "
                         "decoding) and validate it; results in the `json` columns")
-    p.add_argument("--chunk-seconds", type=float, dest="chunk_s")
-    p.add_argument("--overlap-seconds", type=float, dest="overlap_s")
+    p.add_argument("--segmentation", choices=["vad", "fixed"],
+                   help="long audio: vad (cut at pauses, send only speech; default) or fixed windows")
+    p.add_argument("--pack", choices=["window", "utterance"],
+                   help="speech per model call: up to the window, or one utterance (default: the checkpoint's)")
+    p.add_argument("--chunk-seconds", type=float, dest="chunk_s",
+                   help="longest audio chunk (default and maximum: the checkpoint's audio window)")
+    p.add_argument("--overlap-seconds", type=float, dest="overlap_s", help="overlap of fixed windows")
+    p.add_argument("--subtitles", choices=["srt", "vtt"], help="also write a subtitle file per recording")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"])
     p.add_argument("--gpus-per-actor", type=float)
     p.add_argument("--tensor-parallel-size", type=int)

@@ -299,3 +299,35 @@ BORN_DIGITAL_PAGES = [
     ["Invoice 4521 (customer 88213)", "Item A: 3 x 120.00 EUR = 360.00 EUR",
      "Item B: 1 x 890.00 EUR = 890.00 EUR", "Total due: 1,250.00 EUR by 2026-12-01"],
 ]
+
+
+def speech_recording(seconds: float, *, seed: int = 0, noise: float = 0.002,
+                     pauses: tuple[float, float] = (0.6, 2.5)) -> tuple[np.ndarray, list[tuple[int, int, str]]]:
+    """A long 16 kHz recording made of the demo's shipped spoken digit strings
+    (model/checkpoints/demo_assets, no espeak-ng needed) separated by pauses drawn from `pauses`
+    seconds, with faint noise. Returns the waveform and each string's (start, end) sample and text."""
+    import soundfile as sf
+
+    from model.checkpoints import demo, demo_data
+
+    clips = []
+    for stem in ("digits_a", "digits_b"):
+        text, flac = demo.speech_clip(stem)
+        audio, rate = sf.read(io.BytesIO(flac), dtype="float32")
+        assert rate == 16000, rate
+        clips.append((demo_data.trim_silence(audio), text))
+    rng = np.random.default_rng(seed)
+    total = int(seconds * 16000)
+    audio = np.zeros(total, np.float32)
+    at = int(rng.uniform(*pauses) * 16000)
+    placed = []
+    while True:
+        clip, text = clips[int(rng.integers(len(clips)))]
+        if at + clip.size > total:
+            break
+        audio[at:at + clip.size] = clip
+        placed.append((at, at + clip.size, text))
+        at += clip.size + int(rng.uniform(*pauses) * 16000)
+    if noise:
+        audio += rng.normal(0.0, noise, total).astype(np.float32)
+    return audio, placed

@@ -16,6 +16,7 @@ from connectors.sources import ParquetColumns
 from jobs import quality
 from connectors.storage import StorageConfig
 from model.engine import EngineSettings
+from model.inputs.audio_chunks import CheckpointAudio, Segmentation, checkpoint_audio
 from model.inputs.media import MediaLimits
 from model.inputs.pages import PageGeometry
 
@@ -55,9 +56,16 @@ class JobSpec:
     # page), "anchor" (the layer goes into the prompt as context), "prefer" (a usable layer is the
     # page's text and the model is skipped for that page; with a JSON schema it acts as "anchor").
     pdf_text: str = "ignore"
-    # Audio longer than the 30 s window is cut into chunks of chunk_s with overlap_s of overlap.
-    chunk_s: float = 30.0
+    # Long audio (model.inputs.audio_chunks): "vad" cuts at pauses and sends only speech, "fixed"
+    # cuts windows of chunk_s with overlap_s of overlap (audio that is not speech). pack: "window"
+    # (speech up to chunk_s per call) or "utterance" (one per call); None: what the checkpoint
+    # declares. chunk_s None: the checkpoint's audio window (30 s for the real model).
+    segmentation: str = "vad"
+    pack: str | None = None
+    chunk_s: float | None = None
     overlap_s: float = 2.0
+    # Also write one subtitle file per recording beside the tables: "srt" or "vtt".
+    subtitles: str | None = None
     # Engine placement: GPUs per inference actor (0 on CPU), tensor parallel degree, actor pool.
     device: str = "auto"
     gpus_per_actor: float | None = None  # None: tensor_parallel_size on GPU, 0 on CPU
@@ -113,7 +121,10 @@ class JobSpec:
             self.run_id = self.default_run_id()
         if not self.run_id.replace("-", "").replace("_", "").isalnum():
             raise ValueError("run_id may contain letters, digits, '-' and '_' only")
+        if self.subtitles not in (None, "srt", "vtt"):
+            raise ValueError(f"subtitles must be srt or vtt, not {self.subtitles!r}")
         self.media_limits()  # validates dpi / pages
+        self.audio_segmentation().max_samples(self.checkpoint_audio().frames)  # validates the audio settings
         self.engine_settings()  # validates image_tokens / tensor parallel
 
     def default_run_id(self) -> str:
@@ -121,7 +132,10 @@ class JobSpec:
         nightly command resumes (or is a no-op) instead of starting a second run."""
         fields = [sorted(self.inputs), self.task, pathlib.PurePath(self.model).name,
                   self.image_tokens, self.pdf_dpi, self.max_new_tokens, self.chunk_s, self.overlap_s]
-        # Settings that change what is computed, only when set (ids of earlier runs stay the same).
+        # Settings that change what is computed, only when set (ids of earlier runs stay the same;
+        # chunk_s None, the checkpoint's window, already tells VAD runs from the fixed-window ones).
+        if (self.segmentation, self.pack) != ("vad", None):
+            fields.append(["audio", self.segmentation, self.pack])
         if self.schema_text() is not None:
             fields.append(["json_schema", self.schema_text()])
         if self.pdf_text != "ignore":
@@ -157,6 +171,13 @@ class JobSpec:
     def page_geometry(self) -> PageGeometry:
         """How pages are sized for the model: the checkpoint's image processor settings and the budget."""
         return PageGeometry.from_checkpoint(self.model, self.image_tokens)
+
+    def audio_segmentation(self) -> Segmentation:
+        return Segmentation(mode=self.segmentation, pack=self.pack, max_chunk_s=self.chunk_s,  # type: ignore[arg-type]
+                            overlap_s=self.overlap_s)
+
+    def checkpoint_audio(self) -> CheckpointAudio:
+        return checkpoint_audio(self.model)
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(

@@ -38,6 +38,9 @@ ERROR_SEGMENT = -1  # segment_index of a source that failed before it had segmen
 # stage untouched (the mechanism it has for failed rows), and `collect_segment` turns it back into
 # an ok segment. Splitting the stream instead would re-run the read and decode for each branch.
 NO_INFERENCE = "__no_inference__:text_layer"
+# The same pass-through marks the one row of a recording in which the VAD found no speech: nothing is
+# sent to the model, and the source is an ok row with an empty transcript and no segments.
+NO_SPEECH = "__no_inference__:no_speech"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +51,7 @@ class StageContext:
     storage: StorageConfig
     limits: media.MediaLimits
     parquet: ParquetColumns
-    chunk_s: float
-    overlap_s: float
+    segmentation: audio_chunks.Segmentation
     max_new_tokens: int
     # Output checks: the checkpoint's stop token ids and the context length (finish_reason), the
     # job's JSON schema (compact text; a Parquet schema column overrides it per row).
@@ -67,6 +69,8 @@ class StageContext:
     # that were only partly done.
     done_sources: frozenset = frozenset()
     done_segments: dict = dataclasses.field(default_factory=dict)
+    # What the checkpoint declares about long audio (its window and packing).
+    audio: audio_chunks.CheckpointAudio = audio_chunks.CheckpointAudio()
 
 
 # -- read -----------------------------------------------------------------------------------------
@@ -136,9 +140,11 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
         if kind != "audio":
             document = pages.open_pages(data, source.get("name"), ctx.geometry, ctx.limits)
         else:
-            audio = media.decode_audio(data, ctx.limits)
-            chunks = audio_chunks.plan_chunks(len(audio), chunk_s=ctx.chunk_s, overlap_s=ctx.overlap_s)
-            duration = len(audio) / media.TARGET_SAMPLE_RATE
+            # Two streaming passes over the bytes (the waveform of a long recording never exists
+            # whole): this one plans the chunks (VAD), the second cuts them out. The plan comes
+            # first because every row must carry the source's chunk count (the resume state).
+            plan = audio_chunks.plan_recording(media.iter_audio(data, ctx.limits), ctx.segmentation,
+                                               checkpoint=ctx.audio)
     except (media.MediaError, ValueError) as exc:
         yield _request(source, error=str(exc), error_stage="decode", source_bytes=len(data), **known)
         return
@@ -165,15 +171,18 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
             if layers is not None:
                 layers.close()
         return
-    # Nothing can fail past decoding: chunk requests are built lazily (a long recording's encoded
-    # chunks are never all in memory at once).
-    common = dict(modality="audio", format=fmt, num_segments=len(chunks), duration_s=duration,
+    common = dict(modality="audio", format=fmt, num_segments=len(plan.chunks), duration_s=plan.duration_s,
                   json_schema=schema, source_bytes=len(data),
-                  decode_s=(time.perf_counter() - started) / max(len(chunks), 1))
-    for c in chunks:
+                  decode_s=(time.perf_counter() - started) / max(len(plan.chunks), 1))
+    if not plan.chunks:  # no speech: one marker row, nothing for the engine (NO_SPEECH)
+        yield _request(source, **common)
+        return
+    # Chunk requests are built lazily, one chunk's samples at a time. The second pass decodes the
+    # bytes the first pass already decoded without error.
+    for c, samples in audio_chunks.iter_chunk_audio(media.iter_audio(data, ctx.limits), plan.chunks):
         if wanted(c.index):
-            messages = prompts.messages_for_item(task, "audio", audio=audio[c.start_sample:c.end_sample],
-                                                 defaults=ctx.default_tasks, json_schema=schema)
+            messages = prompts.messages_for_item(task, "audio", audio=samples, defaults=ctx.default_tasks,
+                                                 json_schema=schema)
             yield _request(source, **common, segment_index=c.index, start_s=c.start_s, end_s=c.end_s,
                            messages_json=json.dumps(messages))
 
@@ -312,6 +321,8 @@ def to_llm_request(row: dict, max_new_tokens: int, seed: int = 0) -> dict:
         return {"__inference_error__": f"[{row['error_stage']}] {row['error']}", "_opaque": OpaqueRow(), **dropped}
     if row.get("text_source") == "pdf_text":
         return {"__inference_error__": NO_INFERENCE, "_opaque": OpaqueRow(), **dropped}
+    if row.get("messages_json") is None:  # a recording without speech (NO_SPEECH)
+        return {"__inference_error__": NO_SPEECH, "_opaque": OpaqueRow(), **dropped}
     messages = json.loads(row["messages_json"])
     request = {
         "_opaque": OpaqueRow(),
@@ -361,20 +372,24 @@ def collect_segment(row: dict, ctx: StageContext) -> dict:
     tokens = row.get("generated_tokens")
     tokens = None if tokens is None or (not hasattr(tokens, "__len__") and _missing(tokens)) else tokens
     text_source = _str(row.get("text_source")) or "model"
-    from_layer = False
+    from_layer = no_speech = False
     if not error:
         engine_error = _str(row.get("__inference_error__"))
         if engine_error == NO_INFERENCE:
             from_layer = True
+        elif engine_error == NO_SPEECH and int(row["segment_index"]) == ERROR_SEGMENT:
+            no_speech = True
         elif engine_error:
             error, stage = f"inference failed: {engine_error}", "infer"
         elif tokens is None:
             error, stage = "inference produced no output for this item", "infer"
     ok = error is None
-    token_ids = [int(t) for t in tokens] if ok and not from_layer else None
+    token_ids = [int(t) for t in tokens] if ok and not (from_layer or no_speech) else None
     text = None
     finish, flags, json_text = None, [], None
-    if ok and from_layer:
+    if ok and no_speech:
+        text = ""
+    elif ok and from_layer:
         text = _str(row.get("pdf_text")) or ""
     elif ok:
         text = _str(row.get("generated_text")) or ""
@@ -501,7 +516,10 @@ def assemble_source(rows: list[dict], *, strict: bool = False) -> tuple[dict, li
     expected = max((r["num_segments"] for r in segments), default=0)
     ok_segments = [s for s in segments if s["status"] == "ok"]
     degenerate = [s for s in ok_segments if quality.needs_retry(s["flags"])]
-    if marker is not None:
+    if marker is not None and marker["status"] == "ok":  # a recording without speech (NO_SPEECH)
+        status, error, stage = "ok", None, None
+        segments = []
+    elif marker is not None:
         status, error, stage = "error", marker["error"], marker["error_stage"]
         segments = []
     elif len(segments) < expected:
@@ -517,7 +535,8 @@ def assemble_source(rows: list[dict], *, strict: bool = False) -> tuple[dict, li
     text = json_text = None
     if status == "ok":
         if head["modality"] == "audio":
-            chunks = [audio_chunks.Chunk(s["segment_index"], round(s["start_s"] * 16000), round(s["end_s"] * 16000))
+            # Chunks that overlap (fixed windows) get their seams merged; VAD chunks never overlap.
+            chunks = [audio_chunks.Chunk(s["segment_index"], ((round(s["start_s"] * 16000), round(s["end_s"] * 16000)),))
                       for s in segments]
             text, _ = audio_chunks.stitch(chunks, [s["text"] or "" for s in segments])
         else:

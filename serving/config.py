@@ -74,9 +74,12 @@ class ServingConfig(BaseModel):
     max_chat_audio_seconds: float = Field(30.0, description="Per clip in chat; the model window is 30 s.")
     max_transcription_seconds: float = 4 * 3600.0
     max_transcription_concurrency: int = Field(8, description="Chunks of one transcription in flight at once.")
-    # Same defaults as the batch pipeline (jobs.spec.JobSpec), so both transcribe a file identically.
-    transcription_chunk_s: float = 30.0
-    transcription_overlap_s: float = 2.0
+    # Same defaults as the batch pipeline (jobs.spec.JobSpec), so both transcribe a file identically
+    # (model.inputs.audio_chunks): VAD cuts at pauses; pack/chunk None: what the checkpoint declares.
+    transcription_segmentation: Literal["vad", "fixed"] = "vad"
+    transcription_pack: Literal["window", "utterance"] | None = None
+    transcription_chunk_s: float | None = Field(None, description="Longest chunk; default: the model's window.")
+    transcription_overlap_s: float = Field(2.0, description="Overlap of fixed windows.")
     transcription_max_tokens: int = 512
 
     # -- media URL policy ----------------------------------------------------------------------

@@ -1,19 +1,23 @@
-"""POST /v1/audio/transcriptions: OpenAI's multipart upload, any length, chunked and stitched like batch.
+"""POST /v1/audio/transcriptions: OpenAI's multipart upload, any length, cut and stitched like batch.
 
 decode (`model.inputs.media.decode_audio`: any soundfile format -> 16 kHz mono float32)
--> chunk (`model.inputs.audio_chunks.split_audio`: 30 s windows with overlap, exact frame boundaries)
+-> plan (`model.inputs.audio_chunks.plan_audio`: VAD speech regions packed into chunks of at most the
+   checkpoint's window, cut at pauses; silence is not sent)
 -> prompt (`model.inputs.prompts.messages_for_item(task, "audio", audio=...)`)
--> infer (one greedy chat call per chunk through the LLMServer handle; chunks run concurrently so the
-   engine batches them)
--> stitch (`model.inputs.audio_chunks.stitch`) -> json / text / verbose_json (one segment per chunk, with
-   start/end seconds).
+-> infer (one greedy chat call per chunk through the LLMServer handle; chunks run concurrently, up to
+   `max_transcription_concurrency`, so the engine batches them)
+-> stitch (`model.inputs.audio_chunks.stitch`) -> json / text / srt / vtt / verbose_json (one segment per
+   chunk, with its true start/end seconds in the recording).
 
-The form's `prompt` is used as the task, like the batch pipeline's `--task`: empty means "transcribe".
+A recording without speech answers 200 with an empty transcript (no segments, no cues), as OpenAI's
+API does for silence. The form's `prompt` is used as the task, like the batch pipeline's `--task`:
+empty means "transcribe".
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any, Protocol
 
@@ -21,7 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from model.inputs import audio_chunks, prompts
+from model.inputs import audio_chunks, prompts, subtitles
 from model.inputs.media import MediaError, MediaLimits, decode_audio
 from serving.config import ServingConfig
 from serving.errors import RequestError
@@ -38,7 +42,21 @@ class ChatBackend(Protocol):
 
     async def chat_once(self, body: Any) -> Any: ...
 
-FORMATS = ("json", "text", "verbose_json")
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+MEDIA_TYPES = {"srt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint_audio(model: str) -> audio_chunks.CheckpointAudio:
+    """The checkpoint's audio window and packing, read once per replica."""
+    return audio_chunks.checkpoint_audio(model)
+
+
+def segmentation(config: ServingConfig) -> audio_chunks.Segmentation:
+    return audio_chunks.Segmentation(
+        mode=config.transcription_segmentation, pack=config.transcription_pack,
+        max_chunk_s=config.transcription_chunk_s, overlap_s=config.transcription_overlap_s,
+    )
 
 
 async def _form(request: Request):
@@ -94,23 +112,26 @@ async def transcribe_request(ingress: ChatBackend, request: Request) -> Response
     del data
 
     started = time.monotonic()
-    pieces = audio_chunks.split_audio(
-        audio, chunk_s=config.transcription_chunk_s, overlap_s=config.transcription_overlap_s
-    )
+    try:
+        plan = await asyncio.to_thread(audio_chunks.plan_audio, audio, segmentation(config),
+                                       checkpoint=_checkpoint_audio(config.model))
+    except ValueError as e:  # e.g. transcription_chunk_s over the model's window
+        raise RequestError(400, f"cannot segment the audio: {e}") from None
     gate = asyncio.Semaphore(config.max_transcription_concurrency)
 
-    async def run(samples):
+    async def run(chunk):
         from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
         async with gate:
+            samples = audio_chunks.chunk_samples(audio, chunk)
             messages = await asyncio.to_thread(prompts.messages_for_item, task, "audio", audio=samples)
             body = ChatCompletionRequest(
                 model=model_id, messages=messages, temperature=temperature, max_tokens=max_tokens, stream=False
             )
             return await ingress.chat_once(body)
 
-    results = await asyncio.gather(*(run(samples) for _, samples in pieces))
-    chunks = [chunk for chunk, _ in pieces]
+    results = await asyncio.gather(*(run(chunk) for chunk in plan.chunks))
+    chunks = plan.chunks
     texts = [r.choices[0].message.content or "" for r in results]
     text, stitched = audio_chunks.stitch(chunks, texts)
     usage = {
@@ -122,17 +143,19 @@ async def transcribe_request(ingress: ChatBackend, request: Request) -> Response
 
     if response_format == "text":
         return PlainTextResponse(text)
+    if response_format in MEDIA_TYPES:
+        return Response(subtitles.render(stitched, response_format), media_type=MEDIA_TYPES[response_format])
     if response_format == "json":
         return JSONResponse({"text": text, "usage": usage})
     duration = len(audio) / audio_chunks.SAMPLE_RATE
     segments = [
         {
             "id": piece.index,
-            "seek": chunk.start_sample,
+            "seek": round(piece.start_s * 100),  # Whisper's unit: 10 ms frames
             "start": round(piece.start_s, 3),
             "end": round(piece.end_s, 3),
             "text": piece.text,
-            "raw_text": raw.strip(),  # the chunk's own transcript before overlap removal
+            "raw_text": raw.strip(),  # the chunk's own transcript (differs only for overlapping fixed windows)
             "tokens": [],
             "temperature": temperature,
             "avg_logprob": 0.0,
@@ -148,6 +171,8 @@ async def transcribe_request(ingress: ChatBackend, request: Request) -> Response
             "duration": duration,
             "text": text,
             "segments": segments,
+            "speech_s": round(plan.speech_samples / audio_chunks.SAMPLE_RATE, 3),
+            "sent_s": round(plan.sent_s, 3),
             "usage": usage,
             "processing_s": round(time.monotonic() - started, 3),
         }

@@ -49,6 +49,11 @@ SIZES = {
 
 # Image budget of the demo checkpoint: a rendered line (demo_data.LINE_ASPECT) is one patch row.
 DEMO_MAX_SOFT_TOKENS = 70
+# Long audio, as the shipped checkpoint declares it (model.inputs.audio_chunks.CheckpointAudio): its
+# longest training clips are about 6.5 s (8 digits at 120 wpm slowed 10 % plus lead/tail silence, or
+# 8 spliced digit words), so its window is 7 s, one utterance per call (it never saw two strings).
+DEMO_AUDIO_FRAMES = 175
+DEMO_AUDIO_CHUNKING = "utterance"
 EVAL_IMAGE_SEED_OFFSET = 1_000_003  # held-out images come from a seed stream training never uses
 TRAIN_BANK_SEED_OFFSET = 1_000_033  # the training speech bank's seed: seed + this (never EVAL_BANK_SEED)
 EVAL_BANK_SEED = 7  # held-out speech: `python -m model.checkpoints.demo_data bank DIR --seed 7 --digits 200 --phrases 0`
@@ -90,6 +95,16 @@ def build_demo_config(size: str = "small"):
     config = tiny.build_config(False, text_overrides=text, vision_overrides=vision)
     config.vision_config.num_soft_tokens = DEMO_MAX_SOFT_TOKENS  # vLLM's default image budget
     return config
+
+
+def declare_audio(checkpoint: pathlib.Path) -> None:
+    """Write the demo's audio window and packing into the checkpoint's processor config (training
+    itself uses the tiny processor's 30 s window, so no training clip is ever refused)."""
+    path = pathlib.Path(checkpoint) / "processor_config.json"
+    config = json.loads(path.read_text())
+    config["audio_seq_length"] = DEMO_AUDIO_FRAMES
+    config["audio_chunking"] = DEMO_AUDIO_CHUNKING
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def build_demo_processor():
@@ -461,6 +476,7 @@ def train(cfg: TrainConfig) -> dict:
     tiny.save_checkpoint(model.to("cpu").to(save_dtype), ckpt, processor=build_demo_processor())
     # Trained on the plain-text document instruction: `auto` must ask it that (model/inputs/prompts.py).
     (ckpt / DEFAULT_TASKS_FILE).write_text(json.dumps(demo_data.DEFAULT_TASKS) + "\n")
+    declare_audio(ckpt)
     report = dict(
         steps=step + 1,
         train_minutes=round(train_minutes, 2),

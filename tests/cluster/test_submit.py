@@ -35,7 +35,7 @@ def inputs(s3_endpoint):
         s3.create_bucket(Bucket=bucket)
     objects = {
         "incoming/page.png": samples.png_page("Invoice 42\nTotal: 17 EUR"),
-        "incoming/clip.wav": samples.wav_bytes(samples.tone(1.5)),
+        "incoming/clip.wav": samples.wav_bytes(samples.speech_recording(4.0, seed=1, pauses=(0.3, 1.0))[0]),
         "incoming/broken.pdf": b"%PDF-1.7 this is not really a PDF",
     }
     for key, body in objects.items():

@@ -1,80 +1,185 @@
-"""model.inputs.audio_chunks: chunk plans fit the model's window; stitching removes only repeated words."""
+"""model.inputs.vad + model.inputs.audio_chunks: cuts land in the known pauses of a recording built from
+the shipped speech clips, chunks fit the window, timestamps are true; fixed windows as before."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-from model.inputs.audio_chunks import (
-    MAX_FRAMES,
-    SAMPLE_RATE,
-    SAMPLES_PER_FRAME,
-    overlap_words,
-    plan_chunks,
-    split_audio,
-    stitch,
-)
+from jobs import samples
+from model.inputs import audio_chunks as ac
+from model.inputs import vad
+from model.inputs.audio_chunks import SAMPLE_RATE, SAMPLES_PER_FRAME, CheckpointAudio, Segmentation
+
+DEMO = "model/checkpoints/demo_checkpoint"
 
 
-def test_constants_match_the_model_class_window():
-    # The vLLM class is the authority on the window; chunks must pass its check.
+@pytest.fixture(scope="module")
+def recording():
+    """90 s of the shipped digit strings with pauses of 0.35-3 s and faint noise."""
+    return samples.speech_recording(90.0, seed=3, pauses=(0.35, 3.0))
+
+
+def _inside(x: int, placed, tol: int = 160) -> bool:
+    return any(s + tol < x < e - tol for s, e, _ in placed)
+
+
+def test_detector_streams_exactly(recording):
+    audio, _ = recording
+    whole = vad.SpeechDetector()
+    whole.feed(audio)
+    blocks = vad.SpeechDetector()
+    for i in range(0, len(audio), 7919):  # odd block sizes: frames straddle blocks
+        blocks.feed(audio[i:i + 7919])
+    assert len(whole.finish()) == -(-len(audio) // vad.FRAME)
+    np.testing.assert_array_equal(whole.probabilities(), blocks.finish())
+
+
+def test_regions_cover_each_string_and_nothing_else(recording):
+    audio, placed = recording
+    det = vad.SpeechDetector()
+    det.feed(audio)
+    regions = vad.speech_regions(det.finish(), len(audio))
+    assert len(regions) == len(placed)
+    for (rs, re_), (s, e, _) in zip(regions, placed):
+        # Each region holds its string (within 30 ms at the edges) and at most 0.25 s more.
+        assert rs <= s + 480 and re_ >= e - 480, ((rs, re_), (s, e))
+        assert (re_ - rs) - (e - s) < 0.25 * SAMPLE_RATE
+
+
+def test_region_rules_on_known_probabilities():
+    frame_s = vad.FRAME / SAMPLE_RATE
+    settings = vad.VadSettings(min_silence_s=0.2, min_speech_s=0.2, pad_start_s=0.0, pad_end_s=0.0)
+
+    def probs(*runs):
+        return np.concatenate([np.full(round(seconds / frame_s), p, np.float32) for p, seconds in runs])
+
+    # A 0.1 s dip stays inside the region; a 0.5 s pause splits it; a 0.1 s blip is dropped.
+    p = probs((0.0, 1.0), (0.9, 1.0), (0.0, 0.1), (0.9, 1.0), (0.0, 0.5), (0.9, 1.0), (0.0, 1.0), (0.9, 0.1), (0.0, 1.0))
+    regions = vad.speech_regions(p, len(p) * vad.FRAME, settings)
+    assert [(round(s / SAMPLE_RATE, 1), round(e / SAMPLE_RATE, 1)) for s, e in regions] == [(1.0, 3.1), (3.6, 4.6)]
+    # Between the thresholds speech goes on (hysteresis); pads never leave the recording.
+    p = probs((0.9, 0.5), (0.4, 1.0), (0.9, 0.5))
+    assert vad.speech_regions(p, len(p) * vad.FRAME, vad.VadSettings()) == [(0, len(p) * vad.FRAME)]
+
+
+@pytest.mark.parametrize("pack", ["window", "utterance"])
+def test_cuts_land_in_known_gaps(recording, pack):
+    audio, placed = recording
+    plan = ac.plan_audio(audio, Segmentation(pack=pack))
+    spans = [span for c in plan.chunks for span in c.spans]
+    assert spans == sorted(spans) and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no overlap
+    for s, e in spans:
+        assert not _inside(s, placed) and not _inside(e, placed), (s, e)
+    for s, e, _ in placed:  # every string is sent whole, inside one chunk
+        owners = [c.index for c in plan.chunks for a, b in c.spans if a <= s + 160 and b >= e - 160]
+        assert len(owners) == 1, (s, e)
+    if pack == "utterance":
+        assert len(plan.chunks) == len(placed)
+    else:
+        assert len(plan.chunks) < len(placed) / 3
+    # Timestamps: true positions, monotonic, inside the recording; chunks fit the window.
+    starts = [c.start_s for c in plan.chunks]
+    assert starts == sorted(starts) and plan.chunks[0].start_s >= 0 and plan.chunks[-1].end_s <= len(audio) / SAMPLE_RATE
+    assert all(c.num_samples <= 750 * SAMPLES_PER_FRAME for c in plan.chunks)
+    speech = sum(e - s for s, e, _ in placed) / SAMPLE_RATE
+    assert speech <= plan.sent_s <= 1.15 * speech  # long silences are not sent
+
+
+def test_chunk_audio_is_the_spans_back_to_back(recording):
+    audio, _ = recording
+    plan = ac.plan_audio(audio, Segmentation(pack="window"))
+    chunk = next(c for c in plan.chunks if len(c.spans) > 1)
+    samples_ = ac.chunk_samples(audio, chunk)
+    assert samples_.size == chunk.num_samples
+    s, e = chunk.spans[1]
+    offset = chunk.spans[0][1] - chunk.spans[0][0]
+    np.testing.assert_array_equal(samples_[offset:offset + e - s], audio[s:e])
+    streamed = list(ac.iter_chunk_audio((audio[i:i + 12345] for i in range(0, len(audio), 12345)), plan.chunks))
+    assert [c for c, _ in streamed] == plan.chunks
+    for (c, got), (_, want) in zip(streamed, ac.split_audio(audio, plan)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_speech_without_pause_is_cut_at_its_quietest_points():
+    """Strings 0.1 s apart (no pause the VAD splits at) for 70 s: one region, cut at the 0.1 s gaps."""
+    audio, placed = samples.speech_recording(70.0, seed=5, noise=0.002, pauses=(0.1, 0.1))
+    plan = ac.plan_audio(audio, Segmentation(pack="utterance"), checkpoint=CheckpointAudio(frames=750))
+    assert len(plan.chunks) >= 3
+    for a, b in zip(plan.chunks, plan.chunks[1:]):
+        assert a.end_sample == b.start_sample  # contiguous: only the quiet point between them
+        assert not _inside(a.end_sample, placed, tol=0), a.end_sample / SAMPLE_RATE
+        assert 15.0 <= a.num_samples / SAMPLE_RATE <= 30.0
+
+
+def test_silence_and_noise_have_no_chunks():
+    rng = np.random.default_rng(0)
+    for audio in (np.zeros(20 * SAMPLE_RATE, np.float32), rng.normal(0, 0.01, 20 * SAMPLE_RATE).astype(np.float32)):
+        plan = ac.plan_audio(audio)
+        assert plan.chunks == [] and plan.sent_s == 0 and plan.duration_s == 20.0
+        assert ac.stitch(plan.chunks, []) == ("", [])
+    with pytest.raises(ValueError, match="no samples"):
+        ac.plan_audio(np.zeros(0, np.float32))
+
+
+def test_checkpoint_declares_window_and_packing(tmp_path, tiny_checkpoint):
+    demo = ac.checkpoint_audio(DEMO)
+    assert demo == CheckpointAudio(frames=175, pack="utterance") and demo.window_s == 7.0
+    assert ac.checkpoint_audio(tiny_checkpoint) == CheckpointAudio(750, "window")
+    assert ac.checkpoint_audio(tmp_path / "not-a-dir") == CheckpointAudio()
+    # The demo model's processor (what vLLM loads) reads the same window and ignores the packing key.
+    from transformers import AutoProcessor
+
+    assert AutoProcessor.from_pretrained(DEMO).audio_seq_length == 175
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "processor_config.json").write_text(json.dumps({"audio_seq_length": 10, "audio_chunking": "all"}))
+    with pytest.raises(ValueError, match="audio_chunking"):
+        ac.checkpoint_audio(bad)
+
+
+def test_window_limits():
+    assert Segmentation().max_samples(175) == 175 * SAMPLES_PER_FRAME
+    assert Segmentation(max_chunk_s=10.01).max_samples(750) == 250 * SAMPLES_PER_FRAME  # whole frames
+    with pytest.raises(ValueError, match="exceeds the model's audio window"):
+        Segmentation(max_chunk_s=8).max_samples(175)
+    for bad in (dict(mode="whisper"), dict(pack="all"), dict(max_chunk_s=0.5)):
+        with pytest.raises(ValueError):
+            Segmentation(**bad)
     from model.gemma4_unified import AudioTooLongError, check_audio_window
 
-    assert check_audio_window(MAX_FRAMES * SAMPLES_PER_FRAME, MAX_FRAMES) == MAX_FRAMES
+    assert check_audio_window(750 * SAMPLES_PER_FRAME, 750) == 750  # the model class agrees on the limit
     with pytest.raises(AudioTooLongError):
-        check_audio_window(MAX_FRAMES * SAMPLES_PER_FRAME + 1, MAX_FRAMES)
-    for chunk in plan_chunks(70 * SAMPLE_RATE):
-        check_audio_window(chunk.num_samples, MAX_FRAMES)
+        check_audio_window(750 * SAMPLES_PER_FRAME + 1, 750)
 
 
-def test_short_clip_is_one_chunk():
-    assert [(c.start_s, c.end_s) for c in plan_chunks(16000 * 30)] == [(0.0, 30.0)]
-    assert len(plan_chunks(1)) == 1
+# -- fixed windows (mode="fixed") -----------------------------------------------------------------
 
 
-def test_70s_clip_overlapping_frame_aligned_chunks():
-    chunks = plan_chunks(70 * SAMPLE_RATE, overlap_s=2.0)
-    assert [(c.start_s, c.end_s) for c in chunks] == [(0.0, 30.0), (28.0, 58.0), (56.0, 70.0)]
-    for a, b in zip(chunks, chunks[1:]):
-        assert a.end_sample - b.start_sample == 2 * SAMPLE_RATE  # the overlap
-    assert all(c.start_sample % SAMPLES_PER_FRAME == 0 for c in chunks)
-    assert all(c.num_samples <= MAX_FRAMES * SAMPLES_PER_FRAME for c in chunks)
-
-
-def test_cover_every_sample_exactly_to_the_end():
-    for n in (480_001, 16000 * 58, 16000 * 58 + 7, 16000 * 3600):
-        chunks = plan_chunks(n, chunk_s=20, overlap_s=1.5)
+def test_fixed_windows_overlap_and_cover_everything():
+    plan = ac.plan_audio(np.zeros(70 * SAMPLE_RATE, np.float32), Segmentation(mode="fixed"))
+    assert [(c.start_s, c.end_s) for c in plan.chunks] == [(0.0, 30.0), (28.0, 58.0), (56.0, 70.0)]
+    assert plan.sent_s == 74.0
+    for n in (480_001, 16000 * 58 + 7, 16000 * 3600):
+        chunks = ac.fixed_chunks(n, max_samples=20 * SAMPLE_RATE, overlap_s=1.5)
         assert chunks[0].start_sample == 0 and chunks[-1].end_sample == n
-        assert all(b.start_sample < a.end_sample for a, b in zip(chunks, chunks[1:]))  # no gaps
-
-
-def test_split_audio_returns_views():
-    audio = np.arange(16000 * 40, dtype=np.float32)
-    parts = split_audio(audio)
-    assert len(parts) == 2 and parts[1][1][0] == parts[1][0].start_sample
-
-
-@pytest.mark.parametrize("bad", [dict(chunk_s=31), dict(chunk_s=10, overlap_s=5), dict(overlap_s=-1)])
-def test_invalid_plans_refused(bad):
+        assert all(b.start_sample < a.end_sample for a, b in zip(chunks, chunks[1:]))
+        assert all(c.start_sample % SAMPLES_PER_FRAME == 0 for c in chunks)
     with pytest.raises(ValueError):
-        plan_chunks(16000 * 100, **bad)
+        ac.fixed_chunks(16000 * 100, max_samples=10 * SAMPLE_RATE, overlap_s=5)
 
 
-def test_stitch_removes_repeated_boundary_words_only():
-    chunks = plan_chunks(70 * SAMPLE_RATE)
+def test_stitch_dedupes_only_where_chunks_overlap():
+    fixed = ac.fixed_chunks(70 * SAMPLE_RATE, max_samples=30 * SAMPLE_RATE)
     texts = ["the meeting started at nine and we", "And we reviewed the budget, then", "budget then closed."]
-    text, pieces = stitch(chunks, texts)
+    text, segments = ac.stitch(fixed, texts)
     assert text == "the meeting started at nine and we reviewed the budget, then closed."
-    assert [p.start_s for p in pieces] == [0.0, 28.0, 56.0]
-    assert pieces[1].text == "reviewed the budget, then"
-    assert pieces[2].text == "closed."
-    # Single-word coincidences are kept: a lone repeated word may be real speech.
-    assert overlap_words("a b c", "c d") == 0
-    assert overlap_words("one two three", "four five") == 0
-    assert overlap_words("x two three", "two three four") == 2
-
-
-def test_stitch_handles_empty_chunks():
-    chunks = plan_chunks(70 * SAMPLE_RATE)
-    text, pieces = stitch(chunks, ["hello there", "", "hello there friend"])
-    assert text == "hello there friend"
+    assert [s.start_s for s in segments] == [0.0, 28.0, 56.0] and segments[2].text == "closed."
+    assert ac.overlap_words("a b c", "c d") == 0 and ac.overlap_words("x two three", "two three four") == 2
+    # VAD chunks do not overlap: a repeated number is said twice and kept twice.
+    vad_chunks = [ac.Chunk(0, ((0, 32000),)), ac.Chunk(1, ((48000, 80000), (96000, 120000)))]
+    text, segments = ac.stitch(vad_chunks, ["4 7 1 9", " 1 9 \n 2 "])
+    assert text == "4 7 1 9 1 9 2" and [s.text for s in segments] == ["4 7 1 9", "1 9 2"]
+    assert (segments[1].start_s, segments[1].end_s) == (3.0, 7.5)

@@ -83,10 +83,11 @@ def test_retry_sampling_is_fixed_per_segment_and_round():
 def _ctx(**kw):
     from connectors.sources import ParquetColumns
     from connectors.storage import StorageConfig
+    from model.inputs.audio_chunks import Segmentation
     from model.inputs.media import MediaLimits
 
     base = dict(run_id="r1", attempt="a1", task="auto", storage=StorageConfig(), limits=MediaLimits(),
-                parquet=ParquetColumns(), chunk_s=30.0, overlap_s=2.0, max_new_tokens=4,
+                parquet=ParquetColumns(), segmentation=Segmentation(), max_new_tokens=4,
                 stop_token_ids=frozenset({1}), max_model_len=4096)
     base.update(kw)
     return stages.StageContext(**base)

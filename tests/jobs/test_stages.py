@@ -3,22 +3,25 @@ resume bookkeeping and assembly (dedupe of resumed work)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import pickle
 
+import numpy as np
 import pyarrow as pa
 
 from connectors.sources import ParquetColumns, file_source
 from connectors.storage import StorageConfig
 from jobs import samples, stages
 from jobs.workarea import resume_state
-from model.inputs import media, pages
+from model.inputs import audio_chunks, media, pages
+from model.inputs.audio_chunks import Segmentation
 from model.inputs.media import MediaLimits
 
 
 def ctx(**kw) -> stages.StageContext:
     base = dict(run_id="r1", attempt="a1", task="auto", storage=StorageConfig(), limits=MediaLimits(pdf_dpi=50),
-                parquet=ParquetColumns(), chunk_s=30.0, overlap_s=2.0, max_new_tokens=4)
+                parquet=ParquetColumns(), segmentation=Segmentation(), max_new_tokens=4)
     base.update(kw)
     return stages.StageContext(**base)
 
@@ -31,11 +34,38 @@ def test_decode_fans_out_pages_and_chunks(tmp_path):
     part = json.loads(rows[0]["messages_json"])[0]["content"][0]
     assert part == {"type": "image_pil", "image_pil": stages.PAGE_REF}  # the page travels in page_*
     assert rows[0]["page_codec"] in ("file", "zstd") and len(rows[0]["page_data"]) > 0
+    # Audio: one row per VAD chunk (the checkpoint's 30 s window, packed), true start/end times.
+    audio, placed = samples.speech_recording(70.0, seed=2)
     wav = tmp_path / "long.wav"
-    wav.write_bytes(samples.wav_bytes(samples.tone(70.0)))
+    wav.write_bytes(samples.wav_bytes(audio))
     rows = list(stages.decode_source(file_source(str(wav)), ctx()))
-    assert [(r["start_s"], r["end_s"]) for r in rows] == [(0.0, 30.0), (28.0, 58.0), (56.0, 70.0)]
+    audio = media.decode_audio(wav.read_bytes())  # the file holds 16-bit samples
+    plan = audio_chunks.plan_audio(audio)
+    assert [(r["start_s"], r["end_s"]) for r in rows] == [(c.start_s, c.end_s) for c in plan.chunks]
+    assert len(rows) == 2 and all(r["num_segments"] == 2 for r in rows)
+    assert rows[0]["start_s"] < placed[0][0] / 16000 and rows[-1]["end_s"] > placed[-1][1] / 16000
     assert rows[0]["modality"] == "audio" and abs(rows[0]["duration_s"] - 70.0) < 1e-6
+    sent = base64.b64decode(json.loads(rows[1]["messages_json"])[0]["content"][0]["input_audio"]["data"])
+    np.testing.assert_array_equal(media.decode_audio(sent), audio_chunks.chunk_samples(audio, plan.chunks[1]))
+    # Utterance packing (a setting; the demo checkpoint declares it): one row per string.
+    rows = list(stages.decode_source(file_source(str(wav)), ctx(segmentation=Segmentation(pack="utterance"))))
+    assert len(rows) == len(placed)
+
+
+def test_recording_without_speech_is_one_ok_row_with_empty_text(tmp_path):
+    wav = tmp_path / "silence.wav"
+    wav.write_bytes(samples.wav_bytes(np.zeros(16000 * 12, np.float32)))
+    (row,) = stages.decode_source(file_source(str(wav)), ctx())
+    assert row["segment_index"] == stages.ERROR_SEGMENT and row["error"] is None and row["num_segments"] == 0
+    assert row["duration_s"] == 12.0
+    request = stages.to_llm_request(row, 4)  # skips the engine like an error row...
+    assert request["__inference_error__"] == stages.NO_SPEECH
+    work = stages.collect_segment({**row, **request}, ctx())  # ...and comes back as an ok row
+    assert work["status"] == "ok" and work["text"] == "" and work["error"] is None
+    done, partial = resume_state(pa.Table.from_pylist([work], schema=stages.WORK_SCHEMA))
+    assert done == {row["source_id"]} and not partial
+    source, segments = stages.assemble_source([work])
+    assert (source["status"], source["text"], source["num_segments"], segments) == ("ok", "", 0, [])
 
 
 def test_decode_skips_finished_segments_of_partial_sources(tmp_path):

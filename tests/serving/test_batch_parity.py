@@ -1,8 +1,9 @@
 """Online == batch: the endpoint answers a file exactly as the batch pipeline (jobs.pipeline.run_job,
 ray.data.llm on the same Ray cluster) does, for the same file bytes and the same task prompt.
 
-Documents and short audio: chat token ids equal the batch segment's output_token_ids. Long audio:
-/v1/audio/transcriptions gives the batch job's chunk boundaries and the same stitched transcript."""
+Documents and short audio: chat token ids equal the batch segment's output_token_ids (for audio, chat
+gets the samples of the batch's chunk). Long audio: /v1/audio/transcriptions gives the batch job's
+chunk boundaries and the same stitched transcript."""
 
 from __future__ import annotations
 
@@ -14,10 +15,19 @@ from jobs import samples
 from model.inputs import prompts
 
 MAX_NEW_TOKENS = 24
+
+
+def _memo() -> bytes:  # 44.1 kHz stereo speech: both sides resample with model.inputs.media
+    import soxr
+
+    speech, _ = samples.speech_recording(5.0, seed=4, pauses=(0.5, 2.0))
+    return samples.wav_bytes(soxr.resample(speech, 16000, 44100).reshape(-1, 1).repeat(2, axis=1), 44100)
+
+
 FILES = {
     "page.png": lambda: samples.png_page(samples.SAMPLE_TEXTS[0]),
-    "memo.wav": lambda: samples.wav_bytes(samples.tone(5.0, 44100, seed=4).reshape(-1, 1).repeat(2, axis=1), 44100),
-    "meeting.flac": lambda: samples.wav_bytes(samples.tone(70.0, seed=9), 16000, fmt="FLAC"),
+    "memo.wav": _memo,
+    "meeting.flac": lambda: samples.wav_bytes(samples.speech_recording(70.0, seed=9)[0], 16000, fmt="FLAC"),
 }
 
 
@@ -64,7 +74,11 @@ def test_document_page_same_tokens_as_batch(endpoint, batch):
 
 
 def test_short_audio_same_tokens_as_batch(endpoint, batch):
-    wav = batch["data"]["memo.wav"]  # 44.1 kHz stereo: both sides resample with model.inputs.media
+    from model.inputs import audio_chunks, media
+
+    audio = media.decode_audio(batch["data"]["memo.wav"])
+    (chunk,) = audio_chunks.plan_audio(audio, checkpoint=audio_chunks.checkpoint_audio(endpoint.checkpoint)).chunks
+    wav = media.audio_to_wav_bytes(audio_chunks.chunk_samples(audio, chunk))
     part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
     served = _chat_token_ids(endpoint, part, prompts.TRANSCRIBE_PROMPT)
     row = batch["segments"][batch["segments"].name == "memo.wav"].iloc[0]
