@@ -39,9 +39,9 @@ def file_name(source_uri: str, source_id: str, fmt: str) -> str:
     return f"{stem}.{source_id}.{fmt}"
 
 
-def render_source(rows: list[dict], fmt: str) -> tuple[dict, str] | None:
+def render_source(rows: list[dict], fmt: str, *, strict: bool = False) -> tuple[dict, str] | None:
     """Work rows of one source -> (source row, subtitle text), or None when it gets no file."""
-    source, segments = stages.assemble_source(rows)
+    source, segments = stages.assemble_source(rows, strict=strict)
     if source["status"] != "ok" or source["modality"] != "audio":
         return None
     chunks = [audio_chunks.Chunk(s["segment_index"], ((round(s["start_s"] * 16000), round(s["end_s"] * 16000)),))
@@ -54,10 +54,10 @@ def write(spec, layout) -> dict:
     """Write the run's subtitle files; returns {"format", "directory", "files"}."""
     import ray
 
-    fmt, storage, target = spec.subtitles, spec.storage, directory(spec, layout)
+    fmt, storage, target, strict = spec.subtitles, spec.storage, directory(spec, layout), spec.strict
 
     def write_group(group: pa.Table) -> pa.Table:
-        rendered = render_source(group.to_pylist(), fmt)
+        rendered = render_source(group.to_pylist(), fmt, strict=strict)
         if rendered is None:
             return RESULT_SCHEMA.empty_table()
         source, text = rendered
