@@ -4,10 +4,13 @@ The detector is Silero VAD's *sequence* ONNX model, shipped inside the `silero-v
 downloaded at run time), run with onnxruntime on one thread. It scores every 512-sample (32 ms) frame
 with a speech probability; `speech_regions` turns the probabilities into speech regions.
 
-Why Silero (measured on the bench's digit-string recordings, docs/benchmarks.md "Audio segmentation"):
-with background noise (sigma 0.01) WebRTC's VAD put 22-31 region edges inside utterances of a
-2-minute recording and an energy detector 44, Silero 1; Silero costs about 14 CPU-seconds per audio
-hour on one core, WebRTC about 1.5 and energy about 1, both small next to the model's own cost.
+Why Silero (measured on the bench's digit-string recordings with beeps and noise bursts in some long
+pauses, `python -m bench.audio --compare-vad 0.003,0.01 --sounds 0.6`, docs/benchmarks.md "Long
+recordings"; every detector through the same `speech_regions`): Silero sent none of the 10 non-speech
+sounds and missed 0.08-0.15 s of about 2 minutes of speech; WebRTC's VAD (levels 1-3) sent 7-10 of the
+sounds and missed up to 1.9 s at the higher noise, an energy detector sent 9-10 and missed up to 2.5 s.
+None cut inside an utterance. Silero costs about 6 CPU-seconds per audio hour on one core (WebRTC about
+0.5, energy about 0.2), small next to decoding the file and to the model's own cost.
 
 Why not `silero_vad`'s Python helpers: importing the package imports torch and sets torch's global
 thread count to 1 as a side effect, which would slow any process that also runs torch (tests, a
@@ -16,7 +19,7 @@ the probabilities-to-regions state machine (`speech_regions`, the same rules as 
 `get_speech_timestamps_from_probs`: enter at `threshold`, leave below `threshold - 0.15` after
 `min_silence_s`, drop regions shorter than `min_speech_s`) is written here in a few lines.
 
-Cost: about 14 CPU-seconds per audio hour (one core); memory: one float per 32 ms frame (450 k floats
+Cost: about 6 CPU-seconds per audio hour (one core); memory: one float per 32 ms frame (450 k floats
 for 4 h) plus one block of audio, whatever the recording's length.
 """
 
@@ -113,7 +116,8 @@ class VadSettings:
     min_silence_s: float = 0.2
     min_speech_s: float = 0.2  # shorter regions are clicks, not words
     # Onsets (fricatives: "six", "zero") score late and tails fade under the threshold. These pads
-    # missed 0.17 s of 100 utterances and sent 8 % more than the speech (bench.audio, noise 0.003).
+    # missed 0.08 s of 2 minutes of speech and sent 9 % more than the speech (bench.audio --compare-vad,
+    # noise 0.003).
     pad_start_s: float = 0.08
     pad_end_s: float = 0.08
 
