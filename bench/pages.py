@@ -121,11 +121,12 @@ def run_pages(data: bytes, name: str, budget: int, engine: Engine):
     from connectors.sources import ParquetColumns
     from connectors.storage import StorageConfig
     from jobs import stages
-    from model.inputs import media, pages
+    from model.inputs import audio_chunks, media, pages
 
     ctx = stages.StageContext(run_id="b", attempt="b", task="document", storage=StorageConfig(),
-                              limits=media.MediaLimits(pdf_dpi=300.0), parquet=ParquetColumns(), chunk_s=30.0,
-                              overlap_s=2.0, max_new_tokens=16, geometry=pages.PageGeometry(budget))
+                              limits=media.MediaLimits(pdf_dpi=300.0), parquet=ParquetColumns(),
+                              segmentation=audio_chunks.Segmentation(), max_new_tokens=16,
+                              geometry=pages.PageGeometry(budget))
     source = {"source_id": "x", "source_uri": name, "source_row": None, "name": name, "data": data}
     (row,) = stages.decode_source(source, ctx)
     assert not row["error"], row["error"]

@@ -87,7 +87,8 @@ def _pipeline_requests(path, spec) -> list[tuple[list[dict], dict]]:
 
     ctx = stages.StageContext(
         run_id="demo-test", attempt="a", task=spec.task, storage=StorageConfig(), limits=spec.media_limits(),
-        parquet=spec.parquet, chunk_s=spec.chunk_s, overlap_s=spec.overlap_s, max_new_tokens=spec.max_new_tokens,
+        parquet=spec.parquet, segmentation=spec.audio_segmentation(), audio=spec.checkpoint_audio(),
+        max_new_tokens=spec.max_new_tokens,
         default_tasks=checkpoint_tasks(spec.model), geometry=spec.page_geometry())
     rows = list(stages.decode_source(file_source(str(path)), ctx))
     assert all(r["error"] is None for r in rows), rows
