@@ -186,6 +186,14 @@ def _frame_flags_webrtc(audio: np.ndarray, aggressiveness: int) -> np.ndarray:
     return flags
 
 
+def _energy(audio: np.ndarray) -> np.ndarray:
+    """RMS per 10 ms, as `model.inputs.audio_chunks.plan_recording` keeps it."""
+    from model.inputs import audio_chunks as ac
+
+    n = len(audio) // ac.ENERGY_HOP
+    return np.sqrt(np.mean(np.square(audio[: n * ac.ENERGY_HOP].reshape(n, ac.ENERGY_HOP)), axis=1))
+
+
 def decode_cost(recordings: list[Recording]) -> dict:
     """CPU-seconds per audio hour of one `model.inputs.media.iter_audio` pass (the batch job makes two)."""
     import io
@@ -217,7 +225,8 @@ def decode_cost(recordings: list[Recording]) -> dict:
 
 def compare_detectors(recordings: list[Recording]) -> dict:
     """Silero (the project's) against WebRTC VAD and an energy detector: same post-processing
-    (`model.inputs.vad.speech_regions` on each detector's 32 ms decisions), one region per chunk.
+    (`model.inputs.vad.speech_regions` on each detector's 32 ms decisions, then
+    `model.inputs.audio_chunks.confirm_pauses`), one region per chunk.
     WebRTC needs `pip install webrtcvad-wheels` (not a project dependency); skipped without it."""
     from model.inputs import audio_chunks as ac
     from model.inputs import vad
@@ -241,7 +250,7 @@ def compare_detectors(recordings: list[Recording]) -> dict:
                 probs = detector.finish()
             else:
                 probs = flags_of(rec.audio)
-            regions = vad.speech_regions(probs, len(rec.audio))
+            regions = ac.confirm_pauses(vad.speech_regions(probs, len(rec.audio)), _energy(rec.audio))
             cpu += time.process_time() - started
             plan = ac.Plan([ac.Chunk(i, (r,)) for i, r in enumerate(regions)], len(rec.audio), 0, "vad")
             stats = cut_stats(rec, plan)

@@ -217,6 +217,46 @@ def _split_long(region: tuple[int, int], energy: np.ndarray, max_samples: int) -
     return pieces
 
 
+# Silero's probability can dip under its exit threshold for 0.3 s inside a run of words (measured on
+# the shipped demo recording: "4 6 4 3" scored 0.01-0.49 for 10 frames between "6" and "4", while the
+# signal's quietest 100 ms there stayed 22 dB under the speech beside it), and a pause there would cut
+# the string in two. A real pause falls to the recording's noise floor. So a gap between two regions
+# is a pause only when its quietest 100 ms is within PAUSE_FLOOR_DB of the floor (the 10th percentile
+# of the 10 ms energies) or PAUSE_BELOW_SPEECH_DB under the speech beside it; otherwise the regions
+# are joined. Joining costs at most sending the short gap (window packing packs them together anyway).
+PAUSE_FLOOR_DB = 6.0
+PAUSE_BELOW_SPEECH_DB = 30.0
+
+
+def confirm_pauses(regions: Sequence[tuple[int, int]], energy: np.ndarray,
+                   pad_s: float = 0.08) -> list[tuple[int, int]]:
+    """Regions with every gap that is not quiet in the signal itself joined (see PAUSE_FLOOR_DB).
+    `energy`: RMS per ENERGY_HOP samples of the whole recording; `pad_s`: the regions' padding,
+    searched too (the pads reach into the pause)."""
+    if len(regions) < 2 or energy.size == 0:
+        return list(regions)
+    floor = float(np.percentile(energy, 10))
+    pad = round(pad_s * SAMPLE_RATE)
+    out = [tuple(regions[0])]
+    for s, e in regions[1:]:
+        ps, pe = out[-1]
+        lo, hi = max(0, (pe - pad) // ENERGY_HOP), min(energy.size, -(-(s + pad) // ENERGY_HOP))
+        gap = energy[lo:hi]
+        quiet = (float(np.convolve(gap, np.ones(QUIET_WINDOW) / QUIET_WINDOW, mode="valid").min())
+                 if gap.size >= QUIET_WINDOW else float(gap.mean()) if gap.size else 0.0)
+        near = 300  # hops (3 s) of speech on each side: the level there, bounded work per gap
+        beside = np.concatenate([energy[max(ps // ENERGY_HOP, pe // ENERGY_HOP - near):pe // ENERGY_HOP],
+                                 energy[s // ENERGY_HOP:min(e // ENERGY_HOP, s // ENERGY_HOP + near)]])
+        speech = float(np.median(beside)) if beside.size else 0.0
+        at_floor = quiet <= floor * 10 ** (PAUSE_FLOOR_DB / 20)
+        under_speech = quiet <= speech * 10 ** (-PAUSE_BELOW_SPEECH_DB / 20)
+        if at_floor or under_speech:
+            out.append((s, e))
+        else:
+            out[-1] = (ps, e)
+    return out
+
+
 def pack_regions(regions: Sequence[tuple[int, int]], energy: np.ndarray, *, max_samples: int,
                  pack: Pack = "window") -> list[Chunk]:
     """Speech regions -> chunks of at most `max_samples` sent samples, cut only between regions
@@ -260,8 +300,9 @@ def plan_recording(blocks: Iterable[np.ndarray], segmentation: Segmentation = Se
     if carry.size:
         energy.append(np.sqrt(np.mean(np.square(carry), keepdims=True)))
     probs = detector.finish()
-    regions = speech_regions(probs, n, segmentation.vad)
     energy_all = np.concatenate(energy).astype(np.float32) if energy else np.zeros(0, np.float32)
+    regions = confirm_pauses(speech_regions(probs, n, segmentation.vad), energy_all,
+                             max(segmentation.vad.pad_start_s, segmentation.vad.pad_end_s))
     chunks = pack_regions(regions, energy_all, max_samples=max_samples, pack=segmentation.pack or checkpoint.pack)
     return Plan(chunks, n, sum(e - s for s, e in regions), "vad")
 

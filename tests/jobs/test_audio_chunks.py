@@ -114,6 +114,37 @@ def test_speech_without_pause_is_cut_at_its_quietest_points():
         assert 15.0 <= a.num_samples / SAMPLE_RATE <= 30.0
 
 
+def test_the_demo_recording_is_cut_into_its_strings():
+    """The shipped 74 s recording (8-bit FLAC, 21 strings, model.checkpoints.demo.recording) becomes one
+    chunk per string, each whole, every cut in a pause. Silero's probability dips under its exit
+    threshold for 0.3 s inside "4 6 4 3" there: the signal is not quiet, so the regions are joined."""
+    from model.checkpoints import demo
+    from model.inputs import media
+
+    index, flac = demo.recording()
+    audio = media.decode_audio(flac)
+    plan = ac.plan_audio(audio, checkpoint=ac.checkpoint_audio(DEMO))
+    assert all(c.end_sample <= d.start_sample for c, d in zip(plan.chunks, plan.chunks[1:]))
+    placed = [(round(u["start_s"] * SAMPLE_RATE), round(u["end_s"] * SAMPLE_RATE), u["text"]) for u in index["utterances"]]
+    assert len(plan.chunks) == len(placed)
+    for chunk, (s, e, _) in zip(plan.chunks, placed):
+        # Whole (within 30 ms of its edges, where the index's bounds keep the faintest tails).
+        assert len(chunk.spans) == 1 and chunk.start_sample <= s + 480 and chunk.end_sample >= e - 480
+    speech = sum(e - s for s, e, _ in placed) / SAMPLE_RATE
+    assert plan.sent_s <= 1.1 * speech
+
+
+def test_a_gap_that_is_not_quiet_joins_its_regions():
+    hop = ac.ENERGY_HOP
+    energy = np.full(600, 0.001, np.float32)  # 6 s at the floor
+    energy[100:200] = energy[230:330] = energy[400:500] = 0.1  # three regions of speech
+    energy[200:230] = 0.008  # a 0.3 s gap 22 dB under the speech: a dip, not a pause
+    regions = [(100 * hop, 200 * hop), (230 * hop, 330 * hop), (400 * hop, 500 * hop)]
+    assert ac.confirm_pauses(regions, energy, pad_s=0.0) == [(100 * hop, 330 * hop), (400 * hop, 500 * hop)]
+    energy[200:230] = 0.0015  # near the floor: a pause
+    assert ac.confirm_pauses(regions, energy, pad_s=0.0) == regions
+
+
 def test_silence_and_noise_have_no_chunks():
     rng = np.random.default_rng(0)
     for audio in (np.zeros(20 * SAMPLE_RATE, np.float32), rng.normal(0, 0.01, 20 * SAMPLE_RATE).astype(np.float32)):
