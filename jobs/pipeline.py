@@ -49,6 +49,11 @@ log = logging.getLogger("jobs")
 
 # Content format of message parts for vLLM's chat parser: OpenAI-style parts (image_url, input_audio).
 CONTENT_FORMAT = "openai"
+# Every process a job starts carries this variable (the driver's value, or one it makes up): on its
+# own local cluster by inheritance, on an attached cluster through the job's runtime env. It names
+# the job's processes for operators (`grep -l JOBS_PROCESS_TAG=... /proc/*/environ`) and for the
+# tests' leftover checks.
+PROCESS_TAG_ENV = "JOBS_PROCESS_TAG"
 
 
 # -- inference stage ------------------------------------------------------------------------------
@@ -143,7 +148,8 @@ def ensure_ray(spec: JobSpec, **init_kwargs) -> None:
 
     if ray.is_initialized():
         return
-    env = spec.engine_settings().env()
+    tag = os.environ.setdefault(PROCESS_TAG_ENV, f"{spec.run_id}-{uuid.uuid4().hex[:8]}")
+    env = {**spec.engine_settings().env(), PROCESS_TAG_ENV: tag}
     address = os.environ.get("RAY_ADDRESS")
     kwargs: dict = {}
     if not address:
