@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from connectors.sources import expand_inputs
 from connectors.storage import resolve
-from jobs import quality, retry, stages
+from jobs import preflight, quality, retry, stages
 from jobs.console import NullProgress
 from jobs.exit_codes import ConfigError
 from jobs.spec import JobSpec
@@ -279,6 +279,9 @@ def run_job(spec: JobSpec, progress=None) -> dict:
     started = time.time()
     layout = OutputLayout(spec)
     attempt = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    # Before Ray or any engine starts: inputs listable, output writable, model loadable.
+    report = preflight.check(spec, f"{layout.root}/_work/{spec.run_id}")
+    progress.say(f"[jobs] {report.line()}")
     ensure_ray(spec)
 
     try:

@@ -11,6 +11,14 @@ configurable share of requests it answers with a transient fault instead of forw
                 is closed: the client must notice the short body, not take it as the object
 
 and for chosen keys a permanent answer: 403 AccessDenied or 404 NoSuchKey on every GET/HEAD.
+
+`refuse_multipart=True` makes the store refuse every multipart upload the way moto 5.2.1 (the
+machine's system-wide moto) does: its CompleteMultipartUpload answer is a 200 whose root element
+is `CompleteMultipartUploadResponse` instead of S3's `CompleteMultipartUploadResult`; the AWS SDK
+inside pyarrow reads that as an error embedded in a 200 (`AWS Error INTERNAL_FAILURE during
+CompleteMultipartUpload`), and pyarrow writes every object as a multipart upload. The proxy
+rewrites upstream's answer to exactly those bytes, so the refusal is the real one on the wire.
+
 Everything else is forwarded unchanged. Counters say what was injected, per kind and per key.
 
 Why hand-written: the faults must be real HTTP on a real socket between the real S3 client (the AWS
@@ -47,6 +55,7 @@ class FaultPlan:
     kinds: tuple[str, ...] = TRANSIENT_KINDS
     permanent: dict[str, int] = dataclasses.field(default_factory=dict)  # "bucket/key" -> 403 | 404
     seed: int = 0
+    refuse_multipart: bool = False  # answer CompleteMultipartUpload as moto 5.2.1 does
 
 
 class FaultProxy:
@@ -60,6 +69,7 @@ class FaultProxy:
         self.permanent_served: collections.Counter = collections.Counter()  # key -> count
         self.requests = 0
         self.forwarded = 0
+        self.multipart_refused = 0
         self._server: http.server.ThreadingHTTPServer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -174,6 +184,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(*_ERRORS[detail])
             return
         status, headers, data = self._forward(body)
+        if (self.owner.plan.refuse_multipart and self.command == "POST" and "uploadId=" in self.path
+                and b"CompleteMultipartUploadResult" in data):
+            data = data.replace(b"CompleteMultipartUploadResult", b"CompleteMultipartUploadResponse")
+            with self.owner._lock:
+                self.owner.multipart_refused += 1
         cut = action == "transient" and detail == "truncate"
         self.send_response(status)
         for name, value in headers:
