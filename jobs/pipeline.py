@@ -38,11 +38,11 @@ import pyarrow.compute as pc
 
 from connectors.sources import expand_inputs
 from connectors.storage import resolve
-from jobs import preflight, quality, retry, stages
+from jobs import failures, preflight, quality, retry, stages
 from jobs.console import NullProgress
 from jobs.exit_codes import ConfigError
 from jobs.spec import JobSpec
-from jobs.workarea import OutputLayout, finalize, read_published_segments, read_work, resume_state
+from jobs.workarea import STALL_STAGE, OutputLayout, finalize, read_published_segments, read_work, resume_state
 from model.inputs import prompts
 
 log = logging.getLogger("jobs")
@@ -270,6 +270,123 @@ def _unit_done(unit: dict, done: frozenset, spec: JobSpec) -> bool:
     return ids is not None and all(i in done for i in ids)
 
 
+def _stage_context(spec: JobSpec, attempt: str, done: frozenset, partial: dict) -> stages.StageContext:
+    return stages.StageContext(
+        run_id=spec.run_id, attempt=attempt, task=spec.task, storage=spec.storage,
+        limits=spec.media_limits(), parquet=spec.parquet, segmentation=spec.audio_segmentation(),
+        audio=spec.checkpoint_audio(),
+        max_new_tokens=spec.max_new_tokens, default_tasks=prompts.default_tasks(spec.model),
+        stop_token_ids=quality.checkpoint_stop_ids(spec.model), max_model_len=spec.max_model_len,
+        json_schema=spec.schema_text(), seed=spec.seed, pdf_text=spec.pdf_text, geometry=spec.page_geometry(),
+        done_sources=done, done_segments=partial,
+    )
+
+
+# How long an attempt waits for its engines (and other actor pools) to be placed and loaded: a
+# nightly job may wait for a GPU node to be added, but not forever.
+ENGINE_START_TIMEOUT_S = 1800
+RESUME_COLUMNS = ["source_id", "segment_index", "num_segments", "error_stage", "written_at", "attempt"]
+
+
+def stream_attempts(spec: JobSpec, layout: OutputLayout, units: list[dict], attempt: str,
+                    progress) -> tuple[int, stages.StageContext]:
+    """The stream, attempted up to `spec.max_attempts` times; returns how many sources earlier
+    invocations had finished, and the stage context the invocation started with.
+
+    Each attempt re-reads the work area, so it streams only what is not done yet: where Ray's own
+    retries and lineage reconstruction do not recover a fault (a lost node, an engine that stalls),
+    the next attempt resumes with a fresh engine. An engine that cannot start, or any other error,
+    ends the job at once (another attempt would fail the same way). When the last attempt stalls
+    too, the sources it did not finish get error rows naming the stall, so the run still finishes
+    with one row per input (a later re-run of the run retries them).
+    """
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    # Each attempt's execution starts once its actor pools (the engine's included) are up: an engine
+    # that fails in its constructor fails the attempt right there, one that cannot be placed fails
+    # it after ENGINE_START_TIMEOUT_S, and the engine's load time never counts as a stall.
+    context.wait_for_min_actors_s = ENGINE_START_TIMEOUT_S
+    # Ray Data's no-progress guard: nothing moved through any operator for this long = stalled.
+    context.execution_no_progress_timeout_s = spec.stall_timeout_s
+    engine_errors = failures.EngineErrors().attach()
+    skipped, first = 0, None
+    try:
+        for number in range(1, spec.max_attempts + 1):
+            previous = read_work(layout, spec, columns=RESUME_COLUMNS)
+            done, partial = resume_state(previous)
+            ctx = _stage_context(spec, attempt, done, partial)
+            if number == 1:
+                skipped, first = len(done), ctx
+            pending = [u for u in units if not _unit_done(u, done, spec)]
+            if number == 1 or pending:
+                progress.begin(spec, units, previous, done, partial)  # counts afresh from the work area
+            if not pending:
+                break
+            progress.say(f"[jobs] attempt {number}/{spec.max_attempts}: streaming {len(pending)} of {len(units)} "
+                         f"input units ({len(done)} sources done, {len(partial)} partly done)")
+            try:
+                stream(spec, layout, ctx, pending, progress)
+                break
+            except Exception as exc:  # noqa: BLE001 - classified: re-attempted, or re-raised with a reason
+                failure = failures.classify(exc)
+                if failure.kind == "engine_start":
+                    raise failures.JobFailed(
+                        f"the engine could not start: {engine_errors.reason() or failure.reason} "
+                        f"(model {spec.model}); nothing more was run") from exc
+                if not failure.retryable:
+                    raise
+                if number == spec.max_attempts:
+                    if failure.kind == "stall":
+                        failures.release_actor_pools()
+                        _mark_unfinished(spec, layout, units, attempt, _stall_error(spec), progress)
+                        break
+                    raise failures.JobFailed(
+                        f"attempt {number}/{spec.max_attempts} failed ({failure.reason}) and no attempts "
+                        f"are left; what is done stays in the work area and the next run resumes") from exc
+                released = failures.release_actor_pools()
+                progress.say(f"[jobs] attempt {number}/{spec.max_attempts} failed ({failure.kind}: {failure.reason}); "
+                             f"{released} actors of it ended; attempting again from the work area")
+        return skipped, first
+    finally:
+        engine_errors.detach()
+
+
+def _stall_error(spec: JobSpec) -> str:
+    return (f"not processed: the pipeline made no progress for {spec.stall_timeout_s:.0f} s in each of "
+            f"{spec.max_attempts} attempt(s), each with a fresh engine (the engine stalled, or could not be "
+            f"placed); a re-run of this run retries it")
+
+
+def _mark_unfinished(spec: JobSpec, layout: OutputLayout, units: list[dict], attempt: str, error: str,
+                     progress) -> None:
+    """One error row per source the work area does not have as done (no engine: read stage only)."""
+    import ray
+
+    done, partial = resume_state(read_work(layout, spec, columns=RESUME_COLUMNS))
+    ctx = _stage_context(spec, attempt, done, partial)
+    pending = [u for u in units if not _unit_done(u, done, spec)]
+    if not pending:
+        return
+    progress.say(f"[jobs] {len(pending)} input units unfinished after the last attempt: writing error rows "
+                 f"({error.split(':')[0]})")
+    ds = ray.data.from_items(pending, override_num_blocks=max(1, min(len(pending), 200)))
+    ds = ds.flat_map(stages.expand_unit, fn_kwargs={"ctx": ctx}, num_cpus=0.1)
+    ds = ds.map_batches(_unfinished_rows, fn_kwargs={"ctx": ctx, "error": error}, batch_format="pyarrow",
+                        num_cpus=0.1)
+    fs, work_path = resolve(layout.work, spec.storage)
+    ds.write_parquet(work_path, filesystem=fs)
+
+
+def _unfinished_rows(batch: pa.Table, ctx: stages.StageContext, error: str) -> pa.Table:
+    rows = [stages.collect_segment(dict(source_id=r["source_id"], source_uri=r["source_uri"],
+                                        source_row=r.get("source_row"), segment_index=stages.ERROR_SEGMENT,
+                                        error=error, error_stage=STALL_STAGE), ctx)
+            for r in batch.select([c for c in ("source_id", "source_uri", "source_row") if c in batch.column_names])
+            .to_pylist()]
+    return pa.Table.from_pylist(rows, schema=stages.WORK_SCHEMA)
+
+
 def run_job(spec: JobSpec, progress=None) -> dict:
     """Run (or resume) the job; return the run summary (also written beside the output).
 
@@ -288,23 +405,8 @@ def run_job(spec: JobSpec, progress=None) -> dict:
         units = expand_inputs(spec.inputs, spec.storage)
     except FileNotFoundError as exc:  # an input that matches nothing: fix the command (exit 2)
         raise ConfigError(str(exc)) from exc
-    previous = read_work(layout, spec, columns=["source_id", "segment_index", "num_segments",
-                                                "error_stage", "written_at", "attempt"])
-    done, partial = resume_state(previous)
-    ctx = stages.StageContext(
-        run_id=spec.run_id, attempt=attempt, task=spec.task, storage=spec.storage,
-        limits=spec.media_limits(), parquet=spec.parquet, segmentation=spec.audio_segmentation(),
-        audio=spec.checkpoint_audio(),
-        max_new_tokens=spec.max_new_tokens, default_tasks=prompts.default_tasks(spec.model),
-        stop_token_ids=quality.checkpoint_stop_ids(spec.model), max_model_len=spec.max_model_len,
-        json_schema=spec.schema_text(), seed=spec.seed, pdf_text=spec.pdf_text, geometry=spec.page_geometry(),
-        done_sources=done, done_segments=partial,
-    )
-    pending = [u for u in units if not _unit_done(u, done, spec)]
-    progress.begin(spec, units, previous, done, partial)
     stream_started = time.time()
-    if pending:
-        stream(spec, layout, ctx, pending, progress)
+    skipped, ctx = stream_attempts(spec, layout, units, attempt, progress)
     stream_s = time.time() - stream_started
     progress.streamed()
     retry_rounds = retry.run_retry_rounds(spec, layout, ctx, infer_sources) if spec.retries else []
@@ -318,7 +420,7 @@ def run_job(spec: JobSpec, progress=None) -> dict:
         read_published_segments(spec, layout, ["flags", "finish_reason", "text_source", "text_layer", "attempts"]),
         sources)
     summary = summarize(spec, layout, sources, attempt=attempt,
-                        skipped=len(done),
+                        skipped=skipped,
                         new_work=new_work, started=started, stream_s=stream_s, finalize_s=finalize_s,
                         quality_counts=counts, retry_rounds=retry_rounds)
     if spec.subtitles:  # a separate step over the finished work area (jobs/subtitles.py)

@@ -78,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-decode-task", type=float, help="CPUs reserved per decode task (1 on GPU, 0.5 on CPU)")
     p.add_argument("--seed", type=int, help="engine seed (decoding is greedy; affects nothing else)")
     p.add_argument("--error-threshold", type=float, help="max share of error rows before exit 3")
+    p.add_argument("--max-attempts", type=int,
+                   help="attempts of the stream from the work area after a lost node or a stalled engine (default 3)")
+    p.add_argument("--stall-timeout", type=float, dest="stall_timeout_s", metavar="SECONDS",
+                   help="no progress anywhere in the pipeline for this long = the engine stalled (default 900)")
     p.add_argument("--run-id")
     p.add_argument("--run-date", help="YYYY-MM-DD output partition (default: today, UTC)")
     p.add_argument("--bytes-column")

@@ -85,6 +85,12 @@ class JobSpec:
     cpus_per_decode_task: float | None = None  # None: 1 on GPU clusters, 0.5 on CPU machines
     # Fail the job (non-zero exit) when more than this share of sources errored.
     error_threshold: float = 0.1
+    # Reliability: the stream is attempted up to max_attempts times from the work area (a lost node
+    # or a stalled engine is survived with a fresh engine); no progress anywhere in the pipeline for
+    # stall_timeout_s counts as a stall (Ray Data's no-progress guard; generous: a 12B engine's load
+    # from network storage or a wait for a GPU node must not trip it).
+    max_attempts: int = 3
+    stall_timeout_s: float = 900.0
     # Identity of the run: same run_id + same output = resume / idempotent re-run.
     run_id: str | None = None  # None: derived from the run date and the job's inputs and task
     run_date: str | None = None  # YYYY-MM-DD, default today (UTC); the output partition
@@ -105,6 +111,10 @@ class JobSpec:
             raise ValueError("error_threshold must be between 0 and 1")
         if self.actors_min < 1 or self.actors_max < self.actors_min:
             raise ValueError("actor pool needs 1 <= actors_min <= actors_max")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.stall_timeout_s <= 0:
+            raise ValueError("stall_timeout_s must be > 0 seconds")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
         if self.max_concurrent_batches is not None and self.max_concurrent_batches < 1:

@@ -26,6 +26,12 @@ from jobs.spec import JobSpec
 log = logging.getLogger("jobs")
 
 
+# error_stage of a source that the last attempt of a stalled stream never finished (jobs.pipeline).
+STALL_STAGE = "stall"
+# Error rows a re-run retries: a fetch error (store unreachable after retries), a stalled source.
+RETRIED_ERROR_STAGES = ("fetch", STALL_STAGE)
+
+
 class OutputLayout:
     """Where a run writes. All paths are URIs under `spec.output` (local or s3://)."""
 
@@ -72,8 +78,7 @@ def resume_state(work: pa.Table) -> tuple[frozenset, dict[str, set[int]]]:
     for row in work.select(["source_id", "segment_index", "num_segments", "error_stage", "written_at"]).to_pylist():
         entry = per_source.setdefault(row["source_id"], {"segments": set(), "expected": 0, "final_error": False})
         if row["segment_index"] == stages.ERROR_SEGMENT:
-            # A fetch error (store unreachable after retries) is worth retrying on a re-run.
-            entry["final_error"] |= row["error_stage"] != "fetch"
+            entry["final_error"] |= row["error_stage"] not in RETRIED_ERROR_STAGES
         else:
             entry["segments"].add(row["segment_index"])
             entry["expected"] = max(entry["expected"], row["num_segments"])

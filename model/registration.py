@@ -7,8 +7,9 @@ checkpoint that names upstream's architecture is pointed here with
 `hf_overrides={"architectures": [ARCHITECTURE]}` (see `model.engine.EngineSettings`).
 
 Registration is lazy ("module:Class"): importing this module must stay cheap (no torch, no vLLM).
-Because `register()` runs in every vLLM process, it also arms the orphan guard there
-(model/orphan_guard.py): an engine core or worker whose parent died ends too.
+Because `register()` runs in every vLLM process, it also arms, in vLLM's child processes (engine
+core, workers), the orphan guard (model/orphan_guard.py: a process whose parent died ends too) and
+the one-line error report the batch job quotes when the engine fails (model/engine_report.py).
 """
 
 ARCHITECTURE = "Gemma4UnifiedExactForConditionalGeneration"
@@ -17,9 +18,10 @@ _CLASS_PATH = "model.gemma4_unified:Gemma4UnifiedExactForConditionalGeneration"
 
 
 def register() -> None:
-    from model import orphan_guard
+    from model import engine_report, orphan_guard
 
-    orphan_guard.guard()
+    if orphan_guard.guard():
+        engine_report.install()
     from vllm import ModelRegistry
     from vllm.model_executor.models import config as model_configs
 
