@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import time
+import traceback
 import uuid
 
 import pyarrow as pa
@@ -334,8 +335,11 @@ def stream_attempts(spec: JobSpec, layout: OutputLayout, units: list[dict], atte
                     raise failures.JobFailed(
                         f"the engine could not start: {engine_errors.reason() or failure.reason} "
                         f"(model {spec.model}); nothing more was run") from exc
-                if not failure.retryable:
-                    raise
+                if not failure.retryable:  # a refused write, a bug: another attempt fails the same way
+                    traceback.print_exception(exc)
+                    raise failures.JobFailed(
+                        f"the stream failed ({failure.reason}); what is done stays in the work area and "
+                        f"the next run resumes") from exc
                 if number == spec.max_attempts:
                     if failure.kind == "stall":
                         failures.release_actor_pools()

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.reliability
 
 TIMEOUT_S = float(os.environ.get("RELIABILITY_JOB_TIMEOUT_S", "900"))
 FAIL_FAST_S = float(os.environ.get("RELIABILITY_FAIL_FAST_S", "60"))  # engine's error -> job's exit
-STALL_S = float(os.environ.get("RELIABILITY_STALL_S", "15"))
+STALL_S = float(os.environ.get("RELIABILITY_STALL_S", "30"))
 GONE_S = float(os.environ.get("RELIABILITY_FINISHED_GRACE_S", "60"))
 
 
