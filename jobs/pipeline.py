@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import time
-import traceback
 import uuid
 
 import pyarrow as pa
@@ -336,7 +335,6 @@ def stream_attempts(spec: JobSpec, layout: OutputLayout, units: list[dict], atte
                         f"the engine could not start: {engine_errors.reason() or failure.reason} "
                         f"(model {spec.model}); nothing more was run") from exc
                 if not failure.retryable:  # a refused write, a bug: another attempt fails the same way
-                    traceback.print_exception(exc)
                     raise failures.JobFailed(
                         f"the stream failed ({failure.reason}); what is done stays in the work area and "
                         f"the next run resumes") from exc

@@ -231,7 +231,14 @@ class JobProcess:
         return names
 
     def log(self) -> str:
+        """What the job printed: its console (progress and `[jobs]` lines, the summary)."""
         return self.log_path.read_text(errors="replace")
+
+    def full_log(self) -> str:
+        """The console, then jobs.run's log file (Ray's and vLLM's output: forwarded worker lines,
+        tracebacks), which it writes under its RAY_TMPDIR (jobs.console.default_log_path)."""
+        files = sorted(self.ray_tmp.glob("ray/g4u-logs/*.log"))
+        return "\n".join([self.log(), *(f.read_text(errors="replace") for f in files)])
 
 
 def working_engine(job: JobProcess, exclude: set[int] = frozenset(), *, anywhere: bool = False):
@@ -243,7 +250,7 @@ def working_engine(job: JobProcess, exclude: set[int] = frozenset(), *, anywhere
     actors = [a for a in actors if a.pid not in exclude]
     if not actors:
         return None
-    lines = [line for line in job.log().splitlines() if "Elapsed time for batch" in line]
+    lines = [line for line in job.full_log().splitlines() if "Elapsed time for batch" in line]
     for actor in actors:
         if any(f"vLLMEngineStageUDF)) pid={actor.pid}" in line for line in lines):
             return actor

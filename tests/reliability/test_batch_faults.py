@@ -118,7 +118,7 @@ def corpus_run(s3_endpoint, tiny_checkpoint, tmp_path_factory):
 
 def test_corpus_job_completes_with_one_clear_row_per_input(corpus_run):
     run = corpus_run
-    assert run["rc"] == 0, run["job"].log()[-5000:]
+    assert run["rc"] == 0, run["job"].full_log()[-5000:]
     sources = read_table(run["output"] / "sources")
     segments = read_table(run["output"] / "segments")
     expected = run["expected"]
@@ -215,7 +215,7 @@ def _wait_for(predicate, timeout: float, job: JobProcess, what: str):
         if value:
             return value
         if job.proc.poll() is not None:
-            raise AssertionError(f"job ended (rc={job.proc.returncode}) before {what}:\n{job.log()[-4000:]}")
+            raise AssertionError(f"job ended (rc={job.proc.returncode}) before {what}:\n{job.full_log()[-4000:]}")
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -320,7 +320,7 @@ def test_nothing_outlives_a_job_killed_stopped_or_finished(kill_runs):
 def test_inference_actor_killed_mid_job(kill_runs):
     run = kill_runs
     assert run["actors"], "no inference actor process found"
-    assert run["rc"] == 0, run["second"].log()[-5000:]
+    assert run["rc"] == 0, run["second"].full_log()[-5000:]
     assert run["done_at_actor_kill"] < len(run["expected"]), "the kill came after the work was done"
     sources = read_table(run["output"] / "sources")
     segments = read_table(run["output"] / "segments")
@@ -336,7 +336,7 @@ def test_stopped_job_rerun_finishes_only_the_rest(kill_runs):
     run = kill_runs
     expected, done = run["expected"], run["done"]
     assert 0 < len(done) < len(expected), f"stop not mid-job: {len(done)} of {len(expected)} done"
-    assert run["rc"] == 0, run["second"].log()[-5000:]
+    assert run["rc"] == 0, run["second"].full_log()[-5000:]
     summaries = read_summaries(run["output"])
     assert len(summaries) == 1  # the killed and the stopped run wrote none; the re-run wrote one
     inv = summaries[0]["this_invocation"]

@@ -47,7 +47,7 @@ class LogWatch:
     def _poll(self) -> None:
         while not self._stop.is_set() and self.seen_at is None:
             try:
-                if self.needle in self.job.log():
+                if self.needle in self.job.full_log():
                     self.seen_at = time.time()
             except OSError:
                 pass
@@ -85,9 +85,9 @@ def failing_engine(tiny_checkpoint, tmp_path_factory):
 def test_an_engine_that_cannot_load_fails_the_job_fast_with_its_reason(failing_engine):
     run = failing_engine
     log = run["job"].log()
-    assert run["rc"] == 1, log[-5000:]
-    failed = [line for line in log.splitlines() if line.startswith("[jobs] job failed:")]
-    assert failed, log[-5000:]
+    assert run["rc"] == 1, run["job"].full_log()[-5000:]
+    failed = [line for line in log.splitlines() if line.startswith("[jobs] the job failed:")]
+    assert failed, run["job"].full_log()[-5000:]
     # The engine's reason: the weight check that failed, not "see root cause above".
     assert "the engine could not start" in failed[0] and "AssertionError" in failed[0], failed[0]
     assert "vocab_parallel_embedding" in failed[0] or "org_vocab_size" in failed[0], failed[0]
@@ -97,7 +97,7 @@ def test_an_engine_that_cannot_load_fails_the_job_fast_with_its_reason(failing_e
     assert not run["left"], run["left"]
     report("engine_fail_fast", exit_code=run["rc"], engine_error_at_s=round(run["error_seen_s"], 1),
            job_exit_after_error_s=round(run["fail_fast_s"], 1), wall_s=round(run["wall_s"], 1),
-           processes_gone_after_s=round(run["gone_s"] or 0, 1), reason=failed[0][len("[jobs] job failed: "):][:160])
+           processes_gone_after_s=round(run["gone_s"] or 0, 1), reason=failed[0][len("[jobs] the job failed: "):][:160])
 
 
 def _engine_processes(job: JobProcess, exclude: set[int]) -> list:
@@ -123,14 +123,14 @@ def stalled_engine(tiny_checkpoint, tmp_path_factory):
             if attempt == 2:  # what attempt 1 finished, rows already past its engine included
                 deadline = time.time() + TIMEOUT_S
                 while "[jobs] attempt 2/2:" not in job.log():
-                    assert time.time() < deadline and job.proc.poll() is None, job.log()[-4000:]
+                    assert time.time() < deadline and job.proc.poll() is None, job.full_log()[-4000:]
                     time.sleep(0.2)
             starts.append(len(_done_in_work_area(output, "stall")[0]))
             deadline = time.time() + TIMEOUT_S
             actor = None
             while actor is None:  # freeze the engine once it has done some work
-                assert time.time() < deadline, f"attempt {attempt}: the engine did no work\n{job.log()[-3000:]}"
-                assert job.proc.poll() is None, f"job ended early (rc={job.proc.returncode})\n{job.log()[-4000:]}"
+                assert time.time() < deadline, f"attempt {attempt}: the engine did no work\n{job.full_log()[-3000:]}"
+                assert job.proc.poll() is None, f"job ended early (rc={job.proc.returncode})\n{job.full_log()[-4000:]}"
                 actor = working_engine(job, stale)
                 time.sleep(0.1)
             procs = _engine_processes(job, frozen)
@@ -165,7 +165,7 @@ def stalled_engine(tiny_checkpoint, tmp_path_factory):
 def test_a_stalled_engine_is_restarted_then_its_rows_become_error_rows(stalled_engine):
     run = stalled_engine
     log = run["job"].log()
-    assert run["rc"] == 0, log[-5000:]  # the run finished: one row per input (threshold 1 in job_args)
+    assert run["rc"] == 0, run["job"].full_log()[-5000:]  # the run finished: one row per input (threshold 1 in job_args)
     assert "[jobs] attempt 1/2 failed (stall" in log, log[-4000:]
     assert "[jobs] attempt 2/2:" in log
     sources = read_table(run["output"] / "sources")

@@ -63,9 +63,9 @@ def _wait(predicate, job: JobProcess, what: str, timeout: float = TIMEOUT_S):
         if value:
             return value
         if job.proc.poll() is not None:
-            raise AssertionError(f"job ended (rc={job.proc.returncode}) before {what}:\n{job.log()[-5000:]}")
+            raise AssertionError(f"job ended (rc={job.proc.returncode}) before {what}:\n{job.full_log()[-5000:]}")
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{job.log()[-3000:]}")
+    raise AssertionError(f"timed out waiting for {what}\n{job.full_log()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def node_loss(tiny_checkpoint, tmp_path_factory):
                                        run_id="baseline", extra=["--batch-size", "2"]), env, work, "baseline")
             jobs.append(base)
             t0 = time.time()
-            assert base.start().wait(TIMEOUT_S) == 0, base.log()[-4000:]
+            assert base.start().wait(TIMEOUT_S) == 0, base.full_log()[-4000:]
             baseline_s = time.time() - t0
             base.leftovers(JOB_GONE_S, keep=CLUSTER_SINGLETONS)
         output = work / "out"
@@ -149,7 +149,7 @@ def node_loss(tiny_checkpoint, tmp_path_factory):
 def test_two_node_losses_every_source_exactly_once(node_loss):
     run = node_loss
     log = run["job"].log()
-    assert run["rc"] == 0, log[-6000:]
+    assert run["rc"] == 0, run["job"].full_log()[-6000:]
     sources = read_table(run["output"] / "sources")
     segments = read_table(run["output"] / "segments")
     n_sources, n_segments = _assert_exactly_once(sources, segments, run["expected"])
