@@ -114,7 +114,7 @@ def check_input(uri: str, spec: JobSpec) -> None:
     except Exception as exc:  # noqa: BLE001 - the storage's answer is the message
         raise PreflightError("inputs", f"input {uri} is not listable: {_answer(exc)}") from None
     if info.type == pafs.FileType.NotFound:
-        raise PreflightConfigError("inputs", f"input {uri}: no such file, directory or prefix ({path})")
+        raise PreflightConfigError("inputs", f"no input files match {uri}: no such file, directory or prefix ({path})")
 
 
 # -- output ---------------------------------------------------------------------------------------
