@@ -100,3 +100,70 @@ def test_sources_a_stalled_run_never_finished_are_retried_by_a_rerun():
     done, partial = resume_state(pa.Table.from_pylist(rows))
     assert done == {"bad"}  # a decode error is final; a stall is not
     assert partial == {"half": {0}}  # its finished page is kept, the rest is retried
+
+
+class _Progress:
+    """jobs.console's progress hooks, recording what the attempts loop says."""
+
+    def __init__(self):
+        self.lines, self.begun = [], 0
+
+    def say(self, line):
+        self.lines.append(line)
+
+    def begin(self, *args):
+        self.begun += 1
+
+
+def _attempts(tmp_path, monkeypatch, outcomes, **spec_kw):
+    """jobs.pipeline.stream_attempts over an empty work area with a stand-in stream that raises
+    each of `outcomes` in turn (None: the attempt succeeds). No Ray cluster is started."""
+    from jobs import failures, pipeline
+    from jobs.spec import JobSpec
+    from jobs.workarea import OutputLayout
+
+    (tmp_path / "in").mkdir()
+    spec = JobSpec(inputs=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=str(tmp_path / "model"),
+                   run_id="attempts", **spec_kw)
+    calls = []
+
+    def stream(spec, layout, ctx, pending, progress):
+        calls.append(len(pending))
+        outcome = outcomes[len(calls) - 1]
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(pipeline, "stream", stream)
+    monkeypatch.setattr(failures, "release_actor_pools", lambda: 2)
+    monkeypatch.setattr(pipeline, "_stage_context", lambda *a: object())
+    progress = _Progress()
+    units = [{"unit": "file", "uri": str(tmp_path / "in" / f"p{i}.png")} for i in range(3)]
+    result = pipeline.stream_attempts(spec, OutputLayout(spec), units, "a1", progress)
+    return result, calls, progress
+
+
+def test_a_lost_node_is_attempted_again_from_the_work_area(tmp_path, monkeypatch):
+    _, calls, progress = _attempts(tmp_path, monkeypatch, [rex.NodeDiedError("node died"), None])
+    assert calls == [3, 3]
+    said = [line for line in progress.lines if line.startswith("[jobs] attempt")]
+    assert said[0].startswith("[jobs] attempt 1/3: streaming 3 of 3")
+    assert said[1].startswith("[jobs] attempt 1/3 failed (lost: NodeDiedError") and "2 actors" in said[1]
+    assert said[2].startswith("[jobs] attempt 2/3: streaming 3 of 3") and len(said) == 3
+
+
+def test_attempts_are_bounded_and_the_last_failure_is_named(tmp_path, monkeypatch):
+    from jobs.failures import JobFailed
+
+    with pytest.raises(JobFailed, match=r"attempt 2/2 failed .*no attempts are left"):
+        _attempts(tmp_path, monkeypatch, [rex.WorkerCrashedError()] * 2, max_attempts=2)
+
+
+@pytest.mark.parametrize("exc, message", [
+    (rex.ActorDiedError(_task_error(RuntimeError("Engine core initialization failed."))), "the engine could not start"),
+    (OSError("AWS Error ACCESS_DENIED during PutObject"), "the stream failed"),
+])
+def test_failures_another_attempt_cannot_fix_end_the_job_at_once(tmp_path, monkeypatch, exc, message):
+    from jobs.failures import JobFailed
+
+    with pytest.raises(JobFailed, match=message):
+        _attempts(tmp_path, monkeypatch, [exc, None])
