@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
+from serving import ray_settings
 from serving.config import ServingConfig
 
 logger = logging.getLogger("serving.app")
@@ -54,15 +57,25 @@ def llm_config(config: ServingConfig):
     device = _resolve_device(config)
     settings = config.model_copy(update={"device": device}).engine_settings()
     deployment_config = {
-        "autoscaling_config": {
+        "max_ongoing_requests": config.max_ongoing_requests,
+        "max_queued_requests": config.max_queued_requests,
+        "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s,
+        "graceful_shutdown_wait_loop_s": config.graceful_shutdown_wait_loop_s,
+        # The model server's per-call access log line ("CALL chat OK 52ms") repeats the ingress's own
+        # line for every request; the ingress keeps its access log.
+        "logging_config": {"enable_access_log": config.llm_access_log},
+    }
+    if config.min_replicas == config.max_replicas:
+        # A fixed size needs no autoscaling: without an autoscaling_config the handles and replicas
+        # do not collect and push per-request load metrics to the controller (measured in
+        # docs/endpoint.md: the controller's CPU per request).
+        deployment_config["num_replicas"] = config.min_replicas
+    else:
+        deployment_config["autoscaling_config"] = {
             "min_replicas": config.min_replicas,
             "max_replicas": config.max_replicas,
             "target_ongoing_requests": config.target_ongoing_requests,
-        },
-        "max_ongoing_requests": config.max_ongoing_requests,
-        "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s,
-        "graceful_shutdown_wait_loop_s": config.graceful_shutdown_wait_loop_s,
-    }
+        }
     # ray.serve.llm adds the replica actor's CPUs to the engine's first placement bundle ({"CPU": 1} on
     # CPU): 2 logical CPUs per replica by default, which leaves nothing for the ingress on a 2-core
     # machine. The replica actor only runs the async front end, so a fraction is enough on CPU.
@@ -71,12 +84,22 @@ def llm_config(config: ServingConfig):
         replica_cpus = 0.1
     if replica_cpus is not None:
         deployment_config["ray_actor_options"] = {"num_cpus": replica_cpus}
+    experimental = {"stream_batching_interval_ms": config.stream_batching_interval_ms}
+    engine_kwargs = settings.ray_engine_kwargs()
+    # response_format json_object / json_schema: the batch job's guided-decoding settings (xgrammar
+    # honours "no whitespace" only at engine level; see jobs/quality.py). Guided requests only.
+    from jobs.quality import STRUCTURED_OUTPUTS_CONFIG
+
+    engine_kwargs.setdefault("structured_outputs_config", dict(STRUCTURED_OUTPUTS_CONFIG))
+    if config.per_request_metrics:
+        engine_kwargs["enable_per_request_metrics"] = True  # a vLLM front-end flag
     return LLMConfig(
         model_loading_config={"model_id": config.served_model_id, "model_source": settings.model},
-        engine_kwargs=settings.ray_engine_kwargs(),
+        engine_kwargs=engine_kwargs,
         runtime_env={"env_vars": settings.env()},
         accelerator_config={"kind": "cpu"} if device == "cpu" else {"kind": "gpu"},
         deployment_config=deployment_config,
+        experimental_configs=experimental,
         log_engine_metrics=True,  # vLLM engine metrics exported through Ray's Prometheus endpoint
     )
 
@@ -97,15 +120,18 @@ def build_app(args: dict):
 def build_app_from_config(config: ServingConfig, *, ingress_env: dict | None = None):
     """The Serve application for a validated config (see `build_app`)."""
     from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.serve.llm import build_llm_deployment
     from ray.serve.llm.ingress import make_fastapi_ingress
 
-    from serving.ingress import ENDPOINTS, GuardedOpenAiIngress, build_fastapi_app
+    from serving.ingress import ENDPOINTS, GuardedOpenAiIngress, build_fastapi_app, model_card
 
     model_cfg = llm_config(config)
     model_id = config.served_model_id
-    server = build_llm_deployment(model_cfg)
+    from serving.llm_server import EagerStreamLLMServer
+
+    deployment_cls = EagerStreamLLMServer if config.stream_first_chunk_immediately else None
+    # name_prefix: the deployment keeps ray.serve.llm's name, "LLMServer:<model id>".
+    server = build_llm_deployment(model_cfg, deployment_cls=deployment_cls, name_prefix="LLMServer:")
 
     env = {k: os.environ[k] for k in _STORE_ENV if os.environ.get(k)}
     env.update(ingress_env or {})
@@ -121,7 +147,7 @@ def build_app_from_config(config: ServingConfig, *, ingress_env: dict | None = N
     )
     return ingress.bind(
         llm_deployments={model_id: server},
-        model_cards={model_id: to_model_metadata(model_id, model_cfg)},
+        model_cards={model_id: model_card(model_id, model_cfg, config)},
         serving_config=config.model_dump(),
     )
 
@@ -178,6 +204,14 @@ def _serve(config: ServingConfig, ns: argparse.Namespace, out) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     address = ns.ray_address or os.environ.get("RAY_ADDRESS")
     started = time.monotonic()
+    work_dir = None
+    if not address:
+        # Serve's processes read its settings from their environment at start (serving/ray_settings.py).
+        work_dir = tempfile.mkdtemp(prefix="serve-", dir="/tmp")  # short: HAProxy puts unix sockets here
+        settings = ray_settings.apply(ray_settings.local_cluster_env(work_dir, fast_paths=config.ray_fast_paths))
+        logger.info("Ray Serve settings: %s", {k: v for k, v in settings.items() if k in ray_settings.FAST_PATHS})
+    else:
+        logger.info("attaching to %s: Ray Serve's fast paths are that cluster's settings (serving/ray_settings.py)", address)
     ray.init(address=address, runtime_env={"env_vars": config.engine_settings().env()} if not address else None)
 
     # SIGTERM (Kubernetes, systemd, bench) and Ctrl-C stop the app gracefully at any point, also while
@@ -190,11 +224,15 @@ def _serve(config: ServingConfig, ns: argparse.Namespace, out) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
+        # Build first (the builder imports ray.serve.llm and vLLM's API layer: seconds), then open the
+        # port and register the app at once: the route exists from the first answer on, and the
+        # ingress answers 503 + Retry-After until the model is deployed (serving/readiness.py).
+        app = build_app_from_config(config)
         serve.start(http_options={"host": config.host, "port": config.port})
         url = f"http://{config.host}:{config.port}{config.route_prefix.rstrip('/')}"
         print(f"[serving] starting {config.served_model_id} on {url}/v1 (engine start: about a minute on CPU)",
               file=out, flush=True)
-        serve.run(build_app_from_config(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
+        serve.run(app, name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
         probe = url.replace("://0.0.0.0:", "://127.0.0.1:") + "/health"
         waited = wait_until_answering(probe, ns.ready_timeout)
         if waited is None:
@@ -213,6 +251,8 @@ def _serve(config: ServingConfig, ns: argparse.Namespace, out) -> int:
             if not address:
                 serve.shutdown()
                 ray.shutdown()
+            if work_dir:
+                shutil.rmtree(work_dir, ignore_errors=True)
     return 0
 
 

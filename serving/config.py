@@ -47,12 +47,40 @@ class ServingConfig(BaseModel):
     max_replicas: int = 1
     target_ongoing_requests: float = 16
     max_ongoing_requests: int = 64
+    max_queued_requests: int = Field(
+        256,
+        description="Requests each ingress replica may queue for the LLM servers once every replica has "
+        "max_ongoing_requests in flight; beyond that 503 + Retry-After (the openai client retries). -1: unbounded.",
+    )
     ingress_replicas: int = 1
     ingress_num_cpus: float = 0.1  # the ingress only parses and forwards; a fraction of a core
     llm_replica_num_cpus: float | None = Field(
         None,
         description="Logical CPUs of the LLMServer replica actor (the engine worker has its own bundle). "
         "None: 0.1 on CPU machines, Ray's default (1) on GPU.",
+    )
+    ray_fast_paths: bool = Field(
+        True,
+        description="When `python -m serving.app` starts its own Ray: HAProxy direct ingress and Serve's "
+        "throughput-optimized mode (serving/ray_settings.py). On an existing cluster set them on the nodes.",
+    )
+    stream_batching_interval_ms: float = Field(
+        10.0,
+        description="The LLM server sends a stream's chunks on to the ingress at most once per interval "
+        "(ray.serve.llm's stream_batching_interval_ms; Ray's default is 50). 0: every chunk on its own.",
+    )
+    stream_first_chunk_immediately: bool = Field(
+        True,
+        description="Send a stream's first chunk as soon as it exists, then batch (serving/llm_server.py); "
+        "False: ray.serve.llm's batcher, which holds the first chunk for one interval.",
+    )
+    llm_access_log: bool = Field(
+        False, description="Ray Serve's access log line per call in the model server (the ingress logs every request)."
+    )
+    per_request_metrics: bool = Field(
+        False,
+        description="vLLM's per-request engine timings (queue, first token, generation) in each response's "
+        "`metrics` field (vLLM's --enable-per-request-metrics); bench/serving.py --hops reads them.",
     )
     graceful_shutdown_timeout_s: float = 30.0
     graceful_shutdown_wait_loop_s: float = 2.0

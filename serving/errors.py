@@ -48,7 +48,9 @@ def error_json_bytes(status: int, message: str, **kwargs) -> bytes:
     return json.dumps(error_body(status, message, **kwargs)).encode()
 
 
-def json_response(err: RequestError):
+def json_response(err: RequestError, headers: dict[str, str] | None = None):
     from starlette.responses import JSONResponse
 
-    return JSONResponse(error_body(err.status, err.message, code=err.code, param=err.param), status_code=err.status)
+    return JSONResponse(
+        error_body(err.status, err.message, code=err.code, param=err.param), status_code=err.status, headers=headers
+    )

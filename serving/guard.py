@@ -7,7 +7,8 @@ middleware first), so a request is refused before anything parses it:
    and refused as soon as they pass the limit (nothing above the limit is buffered);
 2. `Authorization: Bearer <key>` checked against every configured key with `hmac.compare_digest`
    (constant time per key, and every key is compared so timing does not reveal which matched) -> 401;
-3. per-key limits -> 429: at most N requests in flight (streams count until their last byte) and an
+3. model readiness -> 503 + Retry-After while no LLM server replica runs yet (serving/readiness.py);
+4. per-key limits -> 429: at most N requests in flight (streams count until their last byte) and an
    optional token-bucket rate.
 
 Why hand-written: Ray Serve and `ray.serve.llm` have no authentication or per-client limits (they
@@ -24,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import os
 import pathlib
 import threading
 import time
 
+from serving import readiness, timing
 from serving.errors import error_json_bytes
 
 logger = logging.getLogger("serving.guard")
@@ -41,13 +44,38 @@ def fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+KEY_OPTIONS = ("max_concurrent", "requests_per_minute")
+
+
+def parse_key_entries(text: str) -> dict[str, dict[str, int]]:
+    """Key file / env text -> {key: per-key limit overrides}.
+
+    One key per line (or comma-separated), `#` starts a comment; after the key, optional overrides
+    of the endpoint's per-key limits for that key: `sk-team-a max_concurrent=32 requests_per_minute=600`.
+    A line with an unknown or malformed option is dropped with an error in the log (line number
+    only, never the key): a limit that silently did not apply would be worse than a refused key."""
+    entries: dict[str, dict[str, int]] = {}
+    for number, line in enumerate(text.replace(",", "\n").splitlines(), start=1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        key, options = fields[0], {}
+        try:
+            for field in fields[1:]:
+                name, sep, value = field.partition("=")
+                if not sep or name not in KEY_OPTIONS or int(value) < 1:
+                    raise ValueError(name)
+                options[name] = int(value)
+        except ValueError:
+            logger.error("API key entry %d: options must be %s=<positive int>; entry ignored", number,
+                         "|".join(KEY_OPTIONS))
+            continue
+        entries.setdefault(key, options)
+    return entries
+
+
 def parse_keys(text: str) -> list[str]:
-    keys = []
-    for line in text.replace(",", "\n").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            keys.append(line)
-    return keys
+    return list(parse_key_entries(text))
 
 
 class KeyStore:
@@ -62,21 +90,28 @@ class KeyStore:
         self._checked = 0.0
         self._keys: list[bytes] = []
         self._digests: list[bytes] = []
+        self._options: dict[str, dict[str, int]] = {}  # fingerprint -> per-key limit overrides
         self._load()
 
     def _load(self) -> None:
-        keys: list[str] = []
+        entries: dict[str, dict[str, int]] = {}
         if self._env and os.environ.get(self._env):
-            keys += parse_keys(os.environ[self._env])
+            entries.update(parse_key_entries(os.environ[self._env]))
         if self._file is not None:
             try:
                 self._mtime = self._file.stat().st_mtime
-                keys += parse_keys(self._file.read_text())
+                for key, options in parse_key_entries(self._file.read_text()).items():
+                    entries.setdefault(key, options)
             except OSError as e:  # keep serving with the keys we had; say why without the content
                 logger.warning("API key file %s unreadable: %s", self._file, e.strerror)
-        self._keys = [k.encode() for k in dict.fromkeys(keys)]
+        self._keys = [k.encode() for k in entries]
         self._digests = [hashlib.sha256(k).digest() for k in self._keys]
+        self._options = {fingerprint(k): options for k, options in entries.items() if options}
         self._checked = time.monotonic()
+
+    def options(self, key_id: str) -> dict[str, int]:
+        """Per-key limit overrides of a matched key (by fingerprint)."""
+        return self._options.get(key_id, {})
 
     def _maybe_reload(self) -> None:
         if self._file is None or time.monotonic() - self._checked < self._recheck_s:
@@ -116,21 +151,28 @@ class KeyLimits:
         self.per_minute = per_minute
         self._inflight: dict[str, int] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill time)
+        self.retry_after_s = 1  # of the last refusal
 
-    def acquire(self, key_id: str) -> str | None:
-        """Take a slot; return a refusal message instead when the key is over a limit."""
-        if self._inflight.get(key_id, 0) >= self.max_concurrent:
+    def acquire(self, key_id: str, overrides: dict[str, int] | None = None) -> str | None:
+        """Take a slot; return a refusal message instead when the key is over a limit (then
+        `retry_after_s` says when to retry). `overrides`: this key's own limits from the key file."""
+        overrides = overrides or {}
+        max_concurrent = overrides.get("max_concurrent", self.max_concurrent)
+        per_minute = overrides.get("requests_per_minute", self.per_minute)
+        self.retry_after_s = 1
+        if self._inflight.get(key_id, 0) >= max_concurrent:
             return (
-                f"Too many concurrent requests for this API key (limit {self.max_concurrent}); "
+                f"Too many concurrent requests for this API key (limit {max_concurrent}); "
                 "wait for earlier requests to finish and retry."
             )
-        if self.per_minute:
+        if per_minute:
             now = time.monotonic()
-            tokens, last = self._buckets.get(key_id, (float(self.per_minute), now))
-            tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60.0)
+            tokens, last = self._buckets.get(key_id, (float(per_minute), now))
+            tokens = min(float(per_minute), tokens + (now - last) * per_minute / 60.0)
             if tokens < 1.0:
                 self._buckets[key_id] = (tokens, now)
-                return f"Rate limit of {self.per_minute} requests per minute exceeded for this API key; retry later."
+                self.retry_after_s = max(1, math.ceil((1.0 - tokens) * 60.0 / per_minute))
+                return f"Rate limit of {per_minute} requests per minute exceeded for this API key; retry later."
             self._buckets[key_id] = (tokens - 1.0, now)
         self._inflight[key_id] = self._inflight.get(key_id, 0) + 1
         return None
@@ -193,6 +235,7 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS or scope.get("method") == "OPTIONS":
             return await self.app(scope, receive, send)
+        clock = timing.Timing()
 
         # 1. Declared size first: refuse without reading a byte of the body.
         for name, value in scope.get("headers", []):
@@ -218,10 +261,23 @@ class GuardMiddleware:
                     headers=[(b"www-authenticate", b"Bearer")],
                 )
 
-        # 3. Per-key limits.
-        refusal = self.limits.acquire(key_id)
+        # 3. The model must be deployed: until then (and if every model replica is gone) 503 with
+        #    Retry-After, which OpenAI clients retry, instead of a request queued for nothing.
+        if readiness.STATE.enabled and not await readiness.STATE.is_ready():
+            wait = readiness.STATE.retry_after_s
+            return await _send_error(
+                send,
+                503,
+                f"The model is not deployed yet (the engine is starting or restarting); retry in {wait} s.",
+                "model_not_ready",
+                headers=[(b"retry-after", str(wait).encode())],
+            )
+
+        # 4. Per-key limits.
+        refusal = self.limits.acquire(key_id, self.keys.options(key_id))
         if refusal is not None:
-            return await _send_error(send, 429, refusal, "rate_limit_exceeded", headers=[(b"retry-after", b"1")])
+            retry = str(self.limits.retry_after_s).encode()
+            return await _send_error(send, 429, refusal, "rate_limit_exceeded", headers=[(b"retry-after", retry)])
         try:
             # Read the body here, counting as it streams in (chunked uploads have no Content-Length),
             # and refuse as soon as it passes the limit. The app would hold the whole body in memory
@@ -249,8 +305,18 @@ class GuardMiddleware:
                     return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
                 return await receive()
 
-            scope.setdefault("state", {})["api_key_id"] = key_id
-            await self.app(scope, replay_receive, send)
+            async def timed_send(message):
+                if message["type"] == "http.response.start":
+                    headers = list(message.get("headers", []))
+                    headers.append((b"server-timing", clock.header_value()))
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            state = scope.setdefault("state", {})
+            state["api_key_id"] = key_id
+            state["timing"] = clock
+            clock.step("guard")
+            await self.app(scope, replay_receive, timed_send)
         finally:
             self.limits.release(key_id)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request, status
@@ -27,8 +28,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 from ray.serve.llm.ingress import OpenAiIngress
+from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
+from serving import readiness, timing
 from serving.config import ServingConfig
 from serving.errors import RequestError, json_response
 from serving.media_policy import MediaPolicy
@@ -42,9 +45,14 @@ class GuardedOpenAiIngress(OpenAiIngress):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths, **kwargs)
         self.config = ServingConfig.model_validate(serving_config)
         self.media = MediaPolicy(self.config)
+        # 503 + Retry-After from the guard until the LLM servers have a running replica.
+        readiness.STATE.start(list(self._default_serve_handles.values()))
 
     # -- chat ------------------------------------------------------------------------------------
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        clock = timing.of(request)
+        if clock is not None:
+            clock.step("parse")
         try:
             try:
                 # Materializes lazily validated content parts; a malformed part fails here.
@@ -54,10 +62,27 @@ class GuardedOpenAiIngress(OpenAiIngress):
                 raise RequestError(400, f"Invalid message content: {_short(cause)}", param="messages") from None
             if body.n is not None and body.n > 8:
                 raise RequestError(400, "n must be at most 8.", param="n")
-            body.messages = await self.media.vet_messages(body.messages)
+            body.messages, body.mm_processor_kwargs = await self.media.vet_request(
+                body.messages, body.mm_processor_kwargs
+            )
         except RequestError as e:
             return json_response(e)
-        return await super().chat(body, request)
+        if clock is None:
+            return await super().chat(body, request)
+        clock.step("vet")
+        response = await super().chat(body, request)
+        clock.step("llm")
+        return response
+
+    # -- models ----------------------------------------------------------------------------------
+    # The library's routes return its ModelList / ModelCard, and FastAPI serializes them by those
+    # declared types, which drops our cards' own fields (created, root, max_model_len).
+    async def models(self) -> Response:
+        listing = await super().models()
+        return JSONResponse({"object": "list", "data": [card.model_dump() for card in listing.data]})
+
+    async def model_data(self, model: str) -> Response:
+        return JSONResponse((await super().model_data(model)).model_dump())
 
     # -- transcription ---------------------------------------------------------------------------
     async def transcriptions(self, request: Request) -> Response:
@@ -105,6 +130,24 @@ def _short(error: BaseException, limit: int = 300) -> str:
     return text[:limit]
 
 
+class ServedModelCard(ModelCard):
+    """`/v1/models` entries as vLLM's own server writes them (`created`, `root`, `max_model_len`: the
+    context length clients size prompts by), plus ray.serve.llm's metadata."""
+
+    created: int
+    root: str
+    max_model_len: int
+
+
+def model_card(model_id: str, llm_config, config: ServingConfig) -> ServedModelCard:
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+
+    card = to_model_metadata(model_id, llm_config)
+    metadata = {**card.metadata, "max_request_context_length": config.max_model_len}
+    return ServedModelCard(**{**card.model_dump(), "metadata": metadata}, created=int(time.time()),
+                           root=model_id, max_model_len=config.max_model_len)
+
+
 ENDPOINTS = {
     "models": lambda app: app.get("/v1/models"),
     "model_data": lambda app: app.get("/v1/models/{model:path}"),
@@ -137,6 +180,17 @@ def build_fastapi_app(config: ServingConfig) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):  # noqa: ANN001
         return json_response(RequestError(exc.status_code, str(exc.detail)))
+
+    # Every LLM server replica at max_ongoing_requests and this ingress's queue for them full
+    # (max_queued_requests): over capacity, 503 + Retry-After, which OpenAI clients retry.
+    from ray.serve.exceptions import BackPressureError
+
+    @app.exception_handler(BackPressureError)
+    async def _over_capacity(request, exc):  # noqa: ANN001
+        return json_response(
+            RequestError(503, "The endpoint is at capacity; retry in 1 s.", code="server_overloaded"),
+            headers={"Retry-After": "1"},
+        )
 
     return app
 

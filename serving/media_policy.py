@@ -1,10 +1,23 @@
 """Which media a chat request may carry, where it may come from, and how big it may be.
 
-Every image/audio content part is resolved to bytes by the ingress under an explicit policy, decoded
-with `model.inputs.media` (the batch pipeline's decoder), checked against the limits, and re-encoded losslessly
-(PNG / float32 WAV, 16 kHz mono) into a data URL. vLLM then never fetches anything itself and sees
-exactly the pixels and samples the batch pipeline would give it for the same file, so online and batch
-answers match token for token.
+Every image/audio content part is resolved to bytes by the ingress under an explicit policy, checked
+against the limits and handed to vLLM as a data URL: vLLM never fetches anything itself.
+
+Images go through `model.inputs.pages.prepare_image`, the page-preparation step the batch pipeline
+uses, so the engine sees the pixels batch gives it for the same file and answers match token for
+token. A plain JPEG/PNG/WebP/BMP at or under the model's target size passes through as its original
+bytes (header read, never decoded here; a data URL part is left exactly as sent); a larger image is
+decoded once and resized with the checkpoint's image processor's own functions, and the request then
+carries `mm_processor_kwargs.do_resize=False` so the engine does not resize again (the processor's
+size function is not idempotent: see pages.py); other modes are converted losslessly at their own
+size. A request mixing resized and not-resized images has all of them brought to their target size
+here, so one `do_resize` value is right for every image. The target size follows the request's
+`mm_processor_kwargs.max_soft_tokens` when it sets one. Without a readable processor config in the
+checkpoint directory (a hub id, a path the ingress node does not mount) images are decoded and kept
+lossless at their own size, and the engine's processor resizes them.
+
+Audio is decoded with `model.inputs.media` (any soundfile format and rate) and re-encoded losslessly
+as float32 WAV, 16 kHz mono: the samples the batch pipeline gives the engine.
 
 Sources:
 * `data:` URLs (and `input_audio` base64): always;
@@ -25,6 +38,10 @@ import base64
 import binascii
 import urllib.parse
 
+import logging
+import pathlib
+
+from model.inputs import pages
 from model.inputs.media import MediaError, MediaLimits, audio_to_wav_bytes, decode_audio, decode_images, image_to_png_bytes
 from serving.config import ServingConfig
 from serving.errors import RequestError
@@ -34,15 +51,50 @@ IMAGE_PARTS = {"image_url"}
 AUDIO_PARTS = {"input_audio", "audio_url"}
 
 
+logger = logging.getLogger("serving.media_policy")
+
+
 class MediaPolicy:
     def __init__(self, config: ServingConfig):
         self.config = config
         self.image_limits = MediaLimits(max_image_pixels=config.max_image_pixels, max_pages=1)
         self.audio_limits = MediaLimits(max_audio_seconds=config.max_transcription_seconds)
+        self.checkpoint = pathlib.Path(config.model)
+        self.geometry = self._geometry(config.max_soft_tokens)
+
+    def _geometry(self, max_soft_tokens: int | None) -> pages.PageGeometry | None:
+        if not (self.checkpoint / "processor_config.json").is_file() and not (
+            self.checkpoint / "preprocessor_config.json"
+        ).is_file():
+            if max_soft_tokens is None:
+                logger.warning("no processor config under %s: images go to the engine at their own size", self.checkpoint)
+            return None
+        return pages.PageGeometry.from_checkpoint(self.checkpoint, max_soft_tokens)
+
+    def geometry_for(self, processor_kwargs: dict | None) -> pages.PageGeometry | None:
+        """The page size for this request (its `mm_processor_kwargs.max_soft_tokens` if set)."""
+        budget = (processor_kwargs or {}).get("max_soft_tokens")
+        if budget is None or self.geometry is None:
+            return self.geometry
+        if budget not in pages.SUPPORTED_SOFT_TOKENS:
+            raise RequestError(
+                400, f"mm_processor_kwargs.max_soft_tokens must be one of {pages.SUPPORTED_SOFT_TOKENS}.",
+                param="mm_processor_kwargs",
+            )
+        return self._geometry(int(budget))
 
     # -- public ----------------------------------------------------------------------------------
-    async def vet_messages(self, messages: list) -> list:
-        """Check limits and rewrite every media part to a lossless data URL (400 on any problem)."""
+    async def vet_request(self, messages: list, processor_kwargs: dict | None) -> tuple[list, dict | None]:
+        """`vet_messages`, then the request's `mm_processor_kwargs` for the prepared images."""
+        geometry = self.geometry_for(processor_kwargs)
+        prepared = await self.vet_messages(messages, geometry)
+        if any(page.resized for page in prepared):
+            processor_kwargs = {**(processor_kwargs or {}), "do_resize": False}
+        return messages, processor_kwargs
+
+    async def vet_messages(self, messages: list, geometry: pages.PageGeometry | None = None) -> list:
+        """Check limits and rewrite every media part to a data URL the engine reads as the batch
+        pipeline's pixels and samples (400 on any problem). Returns the prepared image pages."""
         if not isinstance(messages, list) or not messages:
             raise RequestError(400, "messages must be a non-empty list.", param="messages")
         parts = []
@@ -75,12 +127,21 @@ class MediaPolicy:
                 400, f"{len(audios)} audio clips in one request; the limit is {self.config.audios_per_request}."
             )
         # Fetch and decode concurrently; decoding runs in threads to keep the event loop free.
-        await asyncio.gather(*(self._vet_part(where, part) for where, part in parts))
-        return messages
+        results = await asyncio.gather(*(self._vet_part(where, part, geometry) for where, part in parts))
+        prepared = [(part, page) for (_, part), page in zip(parts, results) if page is not None]
+        if any(page.resized for _, page in prepared) and not all(page.resized for _, page in prepared):
+            # One do_resize value per request: bring the others to their target size as well.
+            results = await asyncio.gather(*(asyncio.to_thread(_to_target, page, geometry) for _, page in prepared))
+            for (part, _), page in zip(prepared, results):
+                part["image_url"] = {"url": page.data_url()}
+            return results
+        return [page for _, page in prepared]
 
     # -- per part --------------------------------------------------------------------------------
-    async def _vet_part(self, where: str, part: dict) -> None:
+    async def _vet_part(self, where: str, part: dict, geometry: pages.PageGeometry | None):
+        """Vet one part in place; the prepared page for an image, None for audio."""
         kind = part["type"]
+        url_is_data = False
         if kind == "input_audio":
             spec = part.get("input_audio")
             if not isinstance(spec, dict) or not isinstance(spec.get("data"), str):
@@ -92,22 +153,35 @@ class MediaPolicy:
             url = spec.get("url") if isinstance(spec, dict) else spec
             if not isinstance(url, str) or not url:
                 raise RequestError(400, f"{where}: {field} needs a 'url' string.", param=where)
+            url_is_data = url.startswith("data:")
             data = await self.fetch(url, where)
 
         if kind == "image_url":
-            png = await asyncio.to_thread(self._image_png, data, where)
-            part["image_url"] = {"url": "data:image/png;base64," + base64.b64encode(png).decode()}
-        else:
-            wav = await asyncio.to_thread(self._audio_wav, data, where)
-            part.clear()
-            part.update({"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}})
+            if geometry is None:
+                png = await asyncio.to_thread(self._image_png, data, where)
+                part["image_url"] = {"url": "data:image/png;base64," + base64.b64encode(png).decode()}
+                return None
+            page = await asyncio.to_thread(self._image_page, data, where, geometry)
+            if not (page.form == "original" and url_is_data):  # a data URL of the original stays as sent
+                part["image_url"] = {"url": page.data_url()}
+            return page
+        wav = await asyncio.to_thread(self._audio_wav, data, where)
+        part.clear()
+        part.update({"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}})
+        return None
+
+    def _image_page(self, data: bytes, where: str, geometry: pages.PageGeometry) -> pages.PreparedPage:
+        try:
+            return pages.prepare_image(data, geometry, self.image_limits)
+        except MediaError as e:
+            raise RequestError(400, f"{where}: {e}", param=where) from None
 
     def _image_png(self, data: bytes, where: str) -> bytes:
         try:
-            pages = decode_images(data, self.image_limits)
+            decoded = decode_images(data, self.image_limits)
         except MediaError as e:
             raise RequestError(400, f"{where}: {e}", param=where) from None
-        return image_to_png_bytes(pages[0])
+        return image_to_png_bytes(decoded[0])
 
     def _audio_wav(self, data: bytes, where: str) -> bytes:
         # Refuse an over-long clip from its header, before decoding minutes of audio for nothing.
@@ -192,6 +266,20 @@ class MediaPolicy:
                     return b"".join(chunks)
         except httpx.HTTPError as e:
             raise RequestError(400, f"{where}: fetching the media URL failed ({type(e).__name__}).") from None
+
+
+def _to_target(page: pages.PreparedPage, geometry: pages.PageGeometry) -> pages.PreparedPage:
+    """A page at or under its target size -> resized to it with the processor's own functions, as the
+    engine's processor would (for a request whose other images are already resized)."""
+    if page.resized:
+        return page
+    from model.inputs.media import to_rgb
+
+    rgb = to_rgb(page.image)
+    width, height = geometry.target_size(*rgb.size)
+    pixels = pages.resize_to_target(rgb, geometry)
+    return pages.PreparedPage(page.index, pages.EncodedImage.from_pixels(pixels), "resized", width, height,
+                              page.source_width, page.source_height)
 
 
 def _header_seconds(data: bytes) -> float | None:

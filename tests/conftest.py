@@ -83,10 +83,18 @@ def s3_endpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance for the whole session (2 logical CPUs, as the CI machine)."""
+    """One local Ray instance for the whole session (2 logical CPUs, as the CI machine), with the Ray
+    Serve settings `python -m serving.app` gives its own Ray (serving/ray_settings.py)."""
+    import shutil
+    import tempfile
+
     import ray
 
+    from serving import ray_settings
+
+    serve_dir = tempfile.mkdtemp(prefix="serve-", dir="/tmp")  # short: HAProxy's unix sockets live here
     if not ray.is_initialized():
+        ray_settings.apply(ray_settings.local_cluster_env(serve_dir))
         ray.init(
             num_cpus=int(os.environ.get("TEST_RAY_CPUS", "4")),
             include_dashboard=False,
@@ -95,3 +103,4 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+    shutil.rmtree(serve_dir, ignore_errors=True)

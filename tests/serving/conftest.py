@@ -23,6 +23,7 @@ from tests.conftest import free_port
 
 KEY_A = "sk-test-team-a-0123456789"
 KEY_B = "sk-test-team-b-9876543210"
+KEY_LOAD = "sk-test-load-5555555555"  # a per-key override in the key file: 64 in flight (load clients)
 
 # Limits small enough to hit cheaply in tests.
 TEST_LIMITS = dict(
@@ -63,6 +64,7 @@ class Endpoint:
     checkpoint: pathlib.Path
     media_port: int
     s3_bucket: str
+    startup: list  # (seconds, status, Retry-After, error code) of /v1/models while the app deployed
 
     def client(self, key: str = KEY_A, **kwargs):
         import openai
@@ -104,7 +106,7 @@ def endpoint(tiny_checkpoint, s3_endpoint, ray_local, media_server, tmp_path_fac
     s3.put_object(Bucket=bucket, Key="scans/page.png", Body=png_bytes(seed=5))
 
     keys = tmp_path_factory.mktemp("keys") / "api_keys.txt"
-    keys.write_text(f"# team keys\n{KEY_A}\n{KEY_B}  # team b\n")
+    keys.write_text(f"# team keys\n{KEY_A}\n{KEY_B}  # team b\n{KEY_LOAD} max_concurrent=64\n")
     creds = tmp_path_factory.mktemp("aws") / "credentials"
     creds.write_text(
         "[default]\n"
@@ -128,18 +130,31 @@ def endpoint(tiny_checkpoint, s3_endpoint, ray_local, media_server, tmp_path_fac
         )
     )
     started = time.monotonic()
-    serve.run(app, name="serving-test", route_prefix="/", blocking=False)
+    # Deploy in the background and watch what a client gets meanwhile (test_lifecycle.py asserts it).
+    deploying = threading.Thread(target=serve.run, args=(app,), kwargs=dict(name="serving-test", route_prefix="/"),
+                                 daemon=True)
+    deploying.start()
     base = f"http://127.0.0.1:{port}"
+    startup: list = []
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
-            if requests.get(base + "/health", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
+            r = requests.get(base + "/v1/models", headers={"Authorization": f"Bearer {KEY_A}"}, timeout=5)
+            try:
+                code = r.json().get("error", {}).get("code")
+            except ValueError:
+                code = r.text[:80]
+            seen = (r.status_code, r.headers.get("retry-after"), code)
+        except requests.RequestException as e:
+            seen = ("no answer", None, type(e).__name__)
+        if not startup or startup[-1][1:] != seen:
+            startup.append((round(time.monotonic() - started, 1), *seen))
+        if seen[0] == 200 and requests.get(base + "/health", timeout=5).status_code == 200:
+            break
+        time.sleep(0.5)
     else:
-        raise RuntimeError("endpoint did not become healthy")
-    print(f"\nendpoint ready in {time.monotonic() - started:.0f} s")
-    yield Endpoint(base, "gemma-tiny", pathlib.Path(tiny_checkpoint), media_server, bucket)
+        raise RuntimeError(f"endpoint did not become healthy: {startup}")
+    deploying.join(timeout=120)
+    print(f"\nendpoint ready in {time.monotonic() - started:.0f} s; /v1/models meanwhile: {startup}")
+    yield Endpoint(base, "gemma-tiny", pathlib.Path(tiny_checkpoint), media_server, bucket, startup)
     serve.shutdown()

@@ -159,3 +159,37 @@ def test_token_ids_equal_direct_vllm(endpoint, direct_llm):
     out = direct_llm.chat(messages, SamplingParams(temperature=0, max_tokens=24), use_tqdm=False)[0]
     assert list(served.choices[0].token_ids) == list(out.outputs[0].token_ids)
     assert served.usage.prompt_tokens == len(out.prompt_token_ids)
+
+
+def test_server_timing_names_the_hops(endpoint):
+    """Every admitted request reports its hops in the ingress (serving/timing.py): the LLM server call
+    is inside the ingress total, and a media part's vetting is measured."""
+    from serving.timing import parse_header
+
+    raw = endpoint.client().chat.completions.with_raw_response.create(
+        model=endpoint.model_id, max_tokens=2, temperature=0,
+        messages=[{"role": "user", "content": [_image_part(png_bytes()), {"type": "text", "text": "Read."}]}],
+    )
+    steps = parse_header(raw.headers["server-timing"])
+    assert set(steps) == {"guard", "parse", "vet", "llm", "ingress"}
+    assert 0 < steps["llm"] < steps["ingress"]
+    assert raw.parse().usage.completion_tokens > 0
+
+
+def test_large_and_mixed_images_equal_direct_vllm(endpoint, direct_llm):
+    """An image over the model's target size is resized in the ingress with the image processor's own
+    functions (model.inputs.pages) and sent with do_resize=False; mixed with a small one, both are
+    brought to their target size there. Either way the tokens equal a direct vLLM call that is given
+    the full-size images and resizes them itself."""
+    from vllm import SamplingParams
+
+    from model.inputs import media, prompts
+
+    big, small = png_bytes(1100, 800, seed=11), png_bytes(80, 60, seed=12)
+    for images in ([big], [small, big]):
+        served = _ask(endpoint, [*(_image_part(i) for i in images), {"type": "text", "text": "Read."}], max_tokens=12)
+        decoded = [page for i in images for page in media.decode_images(i)]
+        out = direct_llm.chat(prompts.build_messages("Read.", images=decoded),
+                              SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)[0]
+        assert list(served.choices[0].token_ids) == list(out.outputs[0].token_ids)
+        assert served.usage.prompt_tokens == len(out.prompt_token_ids)

@@ -105,3 +105,91 @@ def test_example_serve_config_is_valid():
     app = example["applications"][0]
     assert app["import_path"] == "serving.app:build_app"
     ServingConfig.model_validate(app["args"])
+
+
+# -- Server-Timing and Ray settings ------------------------------------------------------------------
+
+
+def _asgi_call(app, path="/v1/chat/completions", headers=(), body=b"{}"):
+    """Drive an ASGI app once (no server): returns (status, headers dict, body)."""
+    import asyncio
+
+    sent = []
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [(k.encode(), v.encode()) for k, v in headers]}
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+def test_guard_adds_server_timing_with_handler_steps():
+    from serving import timing
+    from serving.guard import GuardMiddleware
+
+    async def handler(scope, receive, send):
+        clock = timing.of(scope)
+        clock.step("parse")
+        clock.add("llm", 0.012)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = GuardMiddleware(handler, max_body_bytes=1000, api_keys_file=None, api_keys_env=None,
+                            allow_unauthenticated=True, max_concurrent_per_key=2, requests_per_minute_per_key=None)
+    status, headers, _ = _asgi_call(guard)
+    assert status == 200
+    steps = timing.parse_header(headers["server-timing"])
+    assert list(steps) == ["guard", "parse", "llm", "ingress"]
+    assert steps["llm"] == pytest.approx(12.0)
+    assert steps["ingress"] >= steps["guard"] + steps["parse"]
+    # Refusals by the guard itself carry no timing (nothing was admitted).
+    status, headers, _ = _asgi_call(guard, body=b"x" * 2000)
+    assert status == 413 and "server-timing" not in headers
+
+
+def test_local_cluster_env_isolates_haproxy_and_keeps_callers_settings(tmp_path, monkeypatch):
+    from serving import ray_settings
+
+    env = ray_settings.local_cluster_env(str(tmp_path))
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != env["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    paths = [v for k, v in env.items() if k.endswith(("_LOC", "_PATH", "_BASE", "_FILE"))]
+    assert len(paths) == 5 and all(p.startswith(str(tmp_path)) for p in paths)
+    assert ray_settings.local_cluster_env(str(tmp_path), fast_paths=False) == ray_settings.DEFAULT_PATHS
+    for key in env:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # an operator's choice wins
+    effective = ray_settings.apply(env)
+    assert effective["RAY_SERVE_ENABLE_HA_PROXY"] == "0" and effective["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+
+
+def test_key_file_per_key_overrides(tmp_path, caplog):
+    from serving.guard import parse_key_entries
+
+    entries = parse_key_entries("sk-a max_concurrent=32 requests_per_minute=600  # team a\nsk-b\nsk-c max_conc=3\n"
+                                "sk-d max_concurrent=0\n")
+    assert entries == {"sk-a": {"max_concurrent": 32, "requests_per_minute": 600}, "sk-b": {}}
+    assert "entry 3" in caplog.text and "entry 4" in caplog.text and "sk-c" not in caplog.text
+    path = tmp_path / "keys"
+    path.write_text("sk-a max_concurrent=3\nsk-b\n")
+    store = KeyStore(str(path), None)
+    limits = KeyLimits(max_concurrent=1, per_minute=None)
+    a, b = store.match("sk-a"), store.match("sk-b")
+    for _ in range(3):
+        assert limits.acquire(a, store.options(a)) is None
+    assert "limit 3" in limits.acquire(a, store.options(a))
+    assert limits.acquire(b, store.options(b)) is None and "limit 1" in limits.acquire(b, store.options(b))
+
+
+def test_rate_limit_retry_after_is_the_time_to_the_next_token():
+    limits = KeyLimits(max_concurrent=100, per_minute=2)
+    for _ in range(2):
+        assert limits.acquire("a") is None
+        limits.release("a")
+    assert limits.acquire("a") is not None and 29 <= limits.retry_after_s <= 30
