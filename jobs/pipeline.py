@@ -117,10 +117,24 @@ def build_llm_processor(spec: JobSpec):
         config,
         preprocess=lambda row: stages.to_llm_request(row, max_new_tokens, seed),
         preprocess_map_kwargs={"num_cpus": light},
+        postprocess=_without_request,
+        postprocess_map_kwargs={"num_cpus": light},
     ), on_gpu
 
 
+# What the engine consumed: the chat messages and the parsed image (the page, pickled once per row),
+# the prompt and its token ids. Nothing after the engine reads them (jobs.stages.collect_segment),
+# so they stop here instead of riding to the work-area writer.
+REQUEST_COLUMNS = frozenset({"messages", "multimodal_data", "multimodal_uuids", "mm_processor_kwargs",
+                             "prompt", "tokenized_prompt", "sampling_params", "image", "audio"})
+
+
+def _without_request(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in REQUEST_COLUMNS}
+
+
 GPU_PROBE_TIMEOUT_S = 300.0
+PAGE_BLOCK_BYTES = 8 * 2**20  # a few pages at 1120 tokens (one A4 page is 1-3 MB), ~100 at 70
 
 
 def gpu_batch_defaults_on_cluster(tensor_parallel_size: int, env: dict) -> tuple[int, int]:
@@ -181,6 +195,11 @@ def infer_sources(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext,
     processor, on_gpu = build_llm_processor(spec)
     decode_cpus = spec.cpus_per_decode_task or (1.0 if on_gpu else 0.5)
     light = 1.0 if on_gpu else 0.1
+    # A decode task yields a block of pages once it holds target_max_block_size bytes (Ray's
+    # default, 128 MiB, is a whole 2,000-page PDF at small budgets): smaller blocks let a long
+    # document's pages reach the engine while it still renders, and bound what a task holds.
+    # The context is this dataset's own (shared by the operators derived from it), not the global one.
+    ds.context.target_max_block_size = PAGE_BLOCK_BYTES
     ds = ds.flat_map(stages.decode_source, fn_kwargs={"ctx": ctx}, num_cpus=decode_cpus)  # decode+prompt
     ds = processor(ds)  # infer
     ds = ds.map_batches(stages.work_batch, fn_kwargs={"ctx": ctx}, batch_format="numpy",
