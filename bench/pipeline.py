@@ -1,12 +1,15 @@
 """Benchmark the batch pipeline against the single-engine ceiling and a transformers loop.
 
-    python -m bench.pipeline [--model PATH] [--pages 16] [--clips 8] [--max-new-tokens 16]
+    python -m bench.pipeline [--model PATH] [--pages 48] [--clips 16] [--max-new-tokens 16]
 
 Same fixed-seed items for every contender (rendered text pages at 480x640 and 8 s audio clips):
 
 * pipeline  `jobs.pipeline.run_job` on a local Ray instance (read -> decode -> ray.data.llm -> write,
-            then finalize). Steady rate from the completion times of its engine batches; the start
-            of actors and engine is reported apart.
+            then finalize) with the job's default settings. Steady rate from the completion times
+            of its engine batches; the start of actors and engine is reported apart. Engine
+            occupancy: mean running requests over max_num_seqs in steady state, from the engine's
+            own statistics (vLLM's `vllm:num_requests_running` gauge, exported through Ray's
+            metrics agent, reported every 1 s, sampled every 0.5 s).
 * vllm      one `vllm.LLM.chat` call over messages decoded and built beforehand (the ceiling of one
             engine); engine start timed apart.
 * hf        transformers `generate`, one item at a time (the plain loop people write first).
@@ -62,60 +65,219 @@ def build_conversations(paths: list[pathlib.Path]) -> tuple[list[list[dict]], li
     return conversations, decoded_items
 
 
-def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_tokens: int, batch_size: int) -> dict:
-    """One run on a local Ray instance. Steady throughput comes from the completion times of the
-    engine batches (work rows carry `written_at`, stamped as each batch leaves the engine):
-    (items after the first batch) / (last completion - first completion). That excludes the start
-    of the actors and the engine, which is reported apart (`startup_s`: run start to first batch)."""
+class EngineGauges:
+    """Samples the engine's own scheduler gauges (vLLM's `vllm:num_requests_running` / `_waiting`,
+    exported by ray.data.llm's RayPrometheusStatLogger through Ray's metrics agent) every `interval_s`."""
+
+    NAMES = {"ray_vllm_num_requests_running": "running", "ray_vllm_num_requests_waiting": "waiting"}
+
+    def __init__(self, port: int, interval_s: float = 0.25):
+        import threading
+
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float, float]] = []  # (time, running, waiting), summed over engines
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        while not self._stop.wait(self.interval_s):
+            try:
+                text = urllib.request.urlopen(self.url, timeout=2).read().decode()
+            except OSError:
+                continue
+            values = {"running": None, "waiting": None}
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    key = self.NAMES.get(sample.name)
+                    if key:
+                        values[key] = (values[key] or 0.0) + sample.value
+            if values["running"] is not None:
+                self.samples.append((time.time(), values["running"], values["waiting"] or 0.0))
+
+    def mean_between(self, start: float, end: float) -> dict:
+        window = [(r, w) for t, r, w in self.samples if start <= t <= end]
+        if not window:
+            return {"samples": 0, "running": float("nan"), "waiting": float("nan")}
+        return {"samples": len(window), "running": sum(r for r, _ in window) / len(window),
+                "waiting": sum(w for _, w in window) / len(window)}
+
+
+class CpuByProcess:
+    """Cumulative CPU seconds of this Ray session's processes, grouped by process title (Ray names
+    its workers after the operator they run: `ray::MapWorker(MapBatches(ChatTemplateUDF))`; vLLM its
+    engine processes `VLLM::EngineCore`, `VLLM::Worker...`), sampled every `interval_s`. The deltas
+    over the steady state say where the cores went."""
+
+    def __init__(self, session_dir: str, interval_s: float = 1.0):
+        import threading
+
+        self.session_dir = session_dir
+        self.interval_s = interval_s
+        self.snapshots: list[tuple[float, dict[int, tuple[str, float]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _roots(self):
+        import psutil
+
+        me = psutil.Process()
+        roots = [me]
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if self.session_dir in cmdline and ("raylet" in cmdline or "gcs_server" in cmdline):
+                roots.append(proc)
+        return roots
+
+    @staticmethod
+    def _group(proc) -> str:
+        try:
+            title = " ".join(proc.cmdline()) or proc.name()
+        except Exception:  # noqa: BLE001 - the process ended
+            return "?"
+        for prefix in ("ray::", "VLLM::"):
+            if title.startswith(prefix):
+                return title.split()[0]
+        if "raylet" in title or "gcs_server" in title or "dashboard" in title or "log_monitor" in title:
+            return "ray system"
+        if "bench.pipeline" in title:
+            return "driver"
+        return title.split()[0].rsplit("/", 1)[-1][:40]
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.interval_s):
+            snapshot: dict[int, tuple[str, float]] = {}
+            for root in self._roots():
+                try:
+                    procs = [root] + root.children(recursive=True)
+                except psutil.Error:
+                    continue
+                for proc in procs:
+                    try:
+                        times = proc.cpu_times()
+                        snapshot[proc.pid] = (self._group(proc), times.user + times.system)
+                    except psutil.Error:
+                        continue
+            self.snapshots.append((time.time(), snapshot))
+
+    def cores_between(self, start: float, end: float) -> dict[str, float]:
+        """Cores used per process group between two times (CPU seconds / wall seconds)."""
+        before = min(self.snapshots, key=lambda s: abs(s[0] - start), default=None)
+        after = min(self.snapshots, key=lambda s: abs(s[0] - end), default=None)
+        if before is None or after is None or after[0] <= before[0]:
+            return {}
+        out: dict[str, float] = {}
+        for pid, (group, cpu) in after[1].items():
+            if group == "ray::IDLE":
+                continue
+            used = cpu - before[1].get(pid, (group, 0.0))[1]
+            out[group] = out.get(group, 0.0) + used / (after[0] - before[0])
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_tokens: int,
+                   overrides: dict) -> dict:
+    """One run on a local Ray instance, the job's default settings unless `overrides` says otherwise.
+
+    Steady throughput comes from the completion times of the engine batches (work rows carry
+    `written_at`, stamped as each batch leaves the engine): (items after the first batch) /
+    (last completion - first completion). That excludes the start of the actors and the engine,
+    which is reported apart (`startup_s`: run start to first batch). Occupancy is averaged over the
+    steady state: from the first completion until fewer than max_num_seqs items were left unfinished
+    (after that the engine cannot be full, whatever the pipeline does)."""
     import pyarrow.parquet as pq
     import ray
 
-    from jobs.pipeline import run_job
+    from jobs.pipeline import ensure_ray, run_job
     from jobs.spec import JobSpec
 
     out = items_dir.parent / "out-pipeline"
     spec = JobSpec(inputs=[str(items_dir)], output=str(out), model=model, max_new_tokens=max_new_tokens,
-                   max_model_len=4096, batch_size=batch_size, max_concurrent_batches=4, run_id="bench",
-                   error_threshold=0.0)
+                   max_model_len=4096, run_id="bench", error_threshold=0.0, **overrides)
+    settings = spec.engine_settings()
+    max_num_seqs = settings.resolved_max_num_seqs()
+    # Ray's metrics agent reports every 10 s by default: too coarse for a run of seconds. Every
+    # 200 ms cost the metrics agent a fifth of a core (measured), 1 s costs little and still gives
+    # one sample a second.
+    ensure_ray(spec, _system_config={"metrics_report_interval_ms": 1000})
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    if os.environ.get("BENCH_DATA_STATS"):  # per-operator wall/CPU times in the log (diagnosis)
+        ray.data.DataContext.get_current().enable_auto_log_stats = True
+    session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
     started = time.time()
-    summary = run_job(spec)
+    with EngineGauges(port, interval_s=0.5) as gauges, CpuByProcess(session_dir, interval_s=2.0) as cpu:
+        summary = run_job(spec)
     ray.shutdown()
     assert summary["sources"]["ok"] == n_items, summary["errors_sample"]
-    # Equal work: every item generated the full budget (the tiny model never emits EOS).
-    assert summary["tokens"]["output"] == n_items * max_new_tokens, summary["tokens"]
     work = pq.read_table(out / "_work" / "bench" / "segments", columns=["written_at"]).column(0).to_pylist()
     done = sorted(work)
     first_batch = sum(1 for t in done if t - done[0] < 0.05)
     span = done[-1] - done[0]
+    steady_end = done[max(0, len(done) - max_num_seqs - 1)] if len(done) > max_num_seqs else done[0]
+    occupancy = gauges.mean_between(done[0], steady_end)
     inv = summary["this_invocation"]
     return {
         "items_per_s": (len(done) - first_batch) / span if span > 0 else float("nan"),
+        "output_tokens": summary["tokens"]["output"],
         "startup_s": done[0] - started,
         "stream_s": inv["stream_s"],
         "finalize_s": inv["finalize_s"],
         "end_to_end_items_per_s": n_items / (time.time() - started),
         "batches_seen": len({round(t, 2) for t in done}),
+        "max_num_seqs": max_num_seqs,
+        "batch_size": spec.batch_size,
+        "concurrent_batches": spec.concurrent_batches(max_num_seqs),
+        "steady_s": steady_end - done[0],
+        "mean_running": occupancy["running"],
+        "mean_waiting": occupancy["waiting"],
+        "occupancy": occupancy["running"] / max_num_seqs,
+        "occupancy_samples": occupancy["samples"],
+        "cores_in_steady_state": cpu.cores_between(done[0], steady_end),
     }
 
 
-def bench_vllm(model: str, conversations, max_new_tokens: int) -> dict:
+def bench_vllm(model: str, conversations, max_new_tokens: int, max_num_seqs: int | None = None) -> dict:
     from vllm import LLM, SamplingParams
 
     from model.engine import EngineSettings
 
-    settings = EngineSettings(model=model, max_model_len=4096, max_images_per_prompt=1, max_audios_per_prompt=1)
+    settings = EngineSettings(model=model, max_model_len=4096, max_images_per_prompt=1, max_audios_per_prompt=1,
+                              max_num_seqs=max_num_seqs)
     settings.apply_env()
     started = time.perf_counter()
     llm = LLM(**settings.vllm_kwargs())
     startup = time.perf_counter() - started
-    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, ignore_eos=True)
+    # The pipeline's sampling (greedy, EOS honoured): same inputs, same tokens, equal work (checked).
+    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
     llm.chat(conversations[:2], params, chat_template_content_format="openai", use_tqdm=False)  # warm-up
     started = time.perf_counter()
     outs = llm.chat(conversations, params, chat_template_content_format="openai", use_tqdm=False)
     elapsed = time.perf_counter() - started
-    assert all(len(o.outputs[0].token_ids) == max_new_tokens for o in outs)
     llm.llm_engine.engine_core.shutdown()
-    return {"items_per_s": len(conversations) / elapsed, "startup_s": startup, "elapsed_s": elapsed}
+    return {"items_per_s": len(conversations) / elapsed, "startup_s": startup, "elapsed_s": elapsed,
+            "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
 
 
 def bench_hf(model: str, decoded_items, max_new_tokens: int, limit: int) -> dict:
@@ -148,12 +310,14 @@ def bench_hf(model: str, decoded_items, max_new_tokens: int, limit: int) -> dict
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=".cache/tiny-gemma4-unified")
-    p.add_argument("--pages", type=int, default=16)
-    p.add_argument("--clips", type=int, default=8)
+    p.add_argument("--pages", type=int, default=192)
+    p.add_argument("--clips", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--hf-items", type=int, default=8, help="items for the (slow) transformers loop")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4, help="pipeline rows per engine call")
+    p.add_argument("--batch-size", type=int, help="pipeline rows per engine call (default: the job's)")
+    p.add_argument("--max-concurrent-batches", type=int, help="default: the job's rule")
+    p.add_argument("--max-num-seqs", type=int, help="default: the job's (and the same for the vllm contender)")
     p.add_argument("--skip", nargs="*", default=[], choices=["pipeline", "vllm", "hf"])
     p.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = p.parse_args()
@@ -170,11 +334,13 @@ def main() -> None:
     results: dict = {"items": len(paths), "pages": args.pages, "clips": args.clips,
                      "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count()}
     if "vllm" not in args.skip:
-        results["vllm"] = bench_vllm(model, conversations, args.max_new_tokens)
+        results["vllm"] = bench_vllm(model, conversations, args.max_new_tokens, args.max_num_seqs)
     if "hf" not in args.skip:
         results["hf"] = bench_hf(model, decoded_items, args.max_new_tokens, args.hf_items)
     if "pipeline" not in args.skip:
-        results["pipeline"] = bench_pipeline(model, tmp / "items", len(paths), args.max_new_tokens, args.batch_size)
+        overrides = {k: v for k, v in (("batch_size", args.batch_size), ("max_num_seqs", args.max_num_seqs),
+                                       ("max_concurrent_batches", args.max_concurrent_batches)) if v is not None}
+        results["pipeline"] = bench_pipeline(model, tmp / "items", len(paths), args.max_new_tokens, overrides)
 
     print("\n== bench.pipeline ==")
     print(f"{len(paths)} items ({args.pages} pages, {args.clips} x 8 s clips), {args.max_new_tokens} new tokens each")
@@ -182,6 +348,10 @@ def main() -> None:
         if name in results:
             r = results[name]
             print(f"{name:9s} {r['items_per_s']:8.2f} items/s   (start-up {r['startup_s']:.1f} s, reported apart)")
+    if "pipeline" in results and "vllm" in results:
+        same = results["pipeline"]["output_tokens"] == results["vllm"]["output_tokens"]
+        print(f"equal work: pipeline {results['pipeline']['output_tokens']} and vllm {results['vllm']['output_tokens']} "
+              f"output tokens{'' if same else '  -- DIFFERENT: the ratio is not like for like'}")
     ratios = {}
     if "pipeline" in results and "vllm" in results:
         ratios["pipeline_vs_vllm"] = results["pipeline"]["items_per_s"] / results["vllm"]["items_per_s"]
@@ -192,7 +362,14 @@ def main() -> None:
     for key, value in ratios.items():
         print(f"{key:17s} {value:6.2f}x")
     if "pipeline" in results:
-        print(f"pipeline end to end incl. start-up and finalize: {results['pipeline']['end_to_end_items_per_s']:.2f} items/s")
+        r = results["pipeline"]
+        print(f"pipeline end to end incl. start-up and finalize: {r['end_to_end_items_per_s']:.2f} items/s")
+        print(f"pipeline engine occupancy {r['occupancy']:.2f} (mean {r['mean_running']:.1f} running of "
+              f"max_num_seqs {r['max_num_seqs']}, {r['mean_waiting']:.1f} waiting; {r['occupancy_samples']} "
+              f"samples over {r['steady_s']:.1f} s steady state); batch {r['batch_size']} x "
+              f"{r['concurrent_batches']} in flight")
+        print("cores used in steady state: " + ", ".join(f"{k} {v:.2f}" for k, v in r["cores_in_steady_state"].items()
+                                                     if v >= 0.01))
     results["ratios"] = ratios
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
