@@ -16,6 +16,7 @@ import os
 import uuid
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -55,40 +56,90 @@ def _list_parquet(uri: str, storage) -> list[tuple[pafs.FileSystem, str]]:
     return [(fs, i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
 
 
+# What a work file written before a column existed meant by its absence (jobs.stages reads a null
+# text_source as "not the model's", which would count an old segment as zero attempts).
+OLDER_WORK_DEFAULTS = {"text_source": "model", "retry_round": 0}
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` in `schema`'s columns and types. A column the file lacks (written by an older version
+    of the job, before the column existed) is its OLDER_WORK_DEFAULTS value or null: an older work
+    area is read, resumed and finalized, never discarded."""
+    def column(field: pa.Field) -> pa.Array:
+        if field.name in table.column_names:
+            return table.column(field.name).cast(field.type)
+        if field.name in OLDER_WORK_DEFAULTS:
+            return pa.array([OLDER_WORK_DEFAULTS[field.name]] * table.num_rows, field.type)
+        return pa.nulls(table.num_rows, field.type)
+
+    return pa.table([column(f) for f in schema], schema=schema)
+
+
+def read_work_file(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table | None:
+    """One work file's rows in `schema` (WORK_SCHEMA columns); None when the file was cut short by
+    a kill mid-write (not a whole Parquet file): it is deleted, its rows were never counted as done
+    and the resumed run recomputes them. A whole file is never deleted: a store error (unreachable,
+    access denied) is raised, and so is a column that cannot take the schema's type."""
+    try:
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            table = parquet.read(columns=[n for n in schema.names if n in parquet.schema_arrow.names])
+    except pa.ArrowInvalid as exc:  # not a whole Parquet file (an OSError is the store's: raised)
+        log.warning("removing incomplete work file %s (%s)", path, exc)
+        fs.delete_file(path)
+        return None
+    try:
+        return _conform(table, schema)
+    except (pa.ArrowException, ValueError) as exc:
+        raise RuntimeError(f"work file {path} does not fit the work schema: {exc}") from exc
+
+
 def read_work(layout: OutputLayout, spec: JobSpec, columns: list[str] | None = None) -> pa.Table:
-    """All work rows of the run. A file cut short by a kill mid-write is deleted: its rows were
-    never counted as done, so the resumed run recomputes them."""
-    tables = []
-    for fs, path in _list_parquet(layout.work, spec.storage):
-        try:
-            with fs.open_input_file(path) as handle:
-                tables.append(pq.read_table(handle, columns=columns))
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt file from an interrupted write
-            log.warning("removing incomplete work file %s (%s)", path, exc)
-            fs.delete_file(path)
-    if not tables:
-        schema = stages.WORK_SCHEMA if columns is None else pa.schema([stages.WORK_SCHEMA.field(c) for c in columns])
-        return schema.empty_table()
-    return pa.concat_tables(tables, promote_options="permissive")
+    """All work rows of the run (these WORK_SCHEMA columns), see `read_work_file`: files cut short
+    by a kill are deleted, files of an older version of the job are read (missing columns null or
+    OLDER_WORK_DEFAULTS), never dropped."""
+    schema = stages.WORK_SCHEMA if columns is None else pa.schema([stages.WORK_SCHEMA.field(c) for c in columns])
+    tables = [t for fs, path in _list_parquet(layout.work, spec.storage)
+              if (t := read_work_file(fs, path, schema)) is not None]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def source_states(work: pa.Table) -> pa.Table:
+    """The resume rule, vectorized with Arrow over work rows (source_id, segment_index,
+    num_segments, error_stage): one row per source that is done or partly done, (source_id, done,
+    finished segment indexes). No Python object per work row.
+
+    Done: a final error (a failure marker whose stage is not in RETRIED_ERROR_STAGES, which a
+    re-run retries), or every one of its `num_segments` segments present. Partly done: some
+    segments present.
+    """
+    segment = work.column("segment_index")
+    marker = pc.equal(segment, stages.ERROR_SEGMENT)
+    rows = pa.table({
+        "source_id": work.column("source_id"),
+        "segment": pc.if_else(marker, pa.scalar(None, pa.int32()), segment.cast(pa.int32())),
+        "expected": pc.if_else(marker, pa.scalar(None, pa.int32()), work.column("num_segments").cast(pa.int32())),
+        "final": pc.and_(marker, pc.invert(pc.is_in(pc.fill_null(work.column("error_stage").cast(pa.string()), ""),
+                                                    pa.array(RETRIED_ERROR_STAGES)))),
+    })
+    grouped = rows.group_by("source_id").aggregate(
+        [("segment", "count_distinct"), ("segment", "distinct"), ("expected", "max"), ("final", "any")])
+    present = grouped.column("segment_count_distinct")
+    expected = pc.fill_null(grouped.column("expected_max"), 0)
+    done = pc.or_(grouped.column("final_any"),
+                  pc.and_(pc.greater(expected, 0), pc.greater_equal(present, expected)))
+    keep = pc.or_(done, pc.greater(present, 0))
+    return pa.table({"source_id": grouped.column("source_id"), "done": done,
+                     "segments": grouped.column("segment_distinct").cast(pa.list_(pa.int32()))}).filter(keep)
 
 
 def resume_state(work: pa.Table) -> tuple[frozenset, dict[str, set[int]]]:
-    """(sources complete in the work area, {source_id: finished segment indices} for partial ones)."""
-    per_source: dict[str, dict] = {}
-    for row in work.select(["source_id", "segment_index", "num_segments", "error_stage", "written_at"]).to_pylist():
-        entry = per_source.setdefault(row["source_id"], {"segments": set(), "expected": 0, "final_error": False})
-        if row["segment_index"] == stages.ERROR_SEGMENT:
-            entry["final_error"] |= row["error_stage"] not in RETRIED_ERROR_STAGES
-        else:
-            entry["segments"].add(row["segment_index"])
-            entry["expected"] = max(entry["expected"], row["num_segments"])
-    done, partial = set(), {}
-    for source_id, entry in per_source.items():
-        if entry["final_error"] or (entry["expected"] and len(entry["segments"]) >= entry["expected"]):
-            done.add(source_id)
-        elif entry["segments"]:
-            partial[source_id] = entry["segments"]
-    return frozenset(done), partial
+    """(sources complete in the work area, {source_id: finished segment indices} for partial ones),
+    from `source_states`."""
+    states = source_states(work)
+    done = frozenset(states.filter(states.column("done")).column("source_id").to_pylist())
+    partial = states.filter(pc.invert(states.column("done")))
+    return done, {r["source_id"]: set(r["segments"]) for r in partial.to_pylist()}
 
 
 # -- finalize ---------------------------------------------------------------------------------------
