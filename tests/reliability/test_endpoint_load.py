@@ -289,4 +289,3 @@ def test_api_keys_never_logged(server):
     assert not hits, f"API key found: {hits}"
     assert scanned > 10
     report("endpoint_secrets_scan", files_scanned=scanned, keys_found=0)
-
