@@ -110,19 +110,33 @@ def test_text_layer_pages_give_exactly_their_text_without_the_engine(job):
 
 def test_pages_at_the_token_limit_are_flagged_retried_and_counted(job):
     cut = ("t1", "scan.pdf", "garbled.pdf", "mixed.pdf")
-    truncated = [s for key in cut for s in _segments_of(job, key) if s["text_source"] == "model"]
-    assert len(truncated) == 5
-    for segment in truncated:
-        assert segment["finish_reason"] == "length" and "truncated" in segment["flags"]
-        assert segment["output_tokens"] == MAX_NEW_TOKENS
-        assert segment["attempts"] == 2 and segment["retry_round"] in (0, 1)  # --retries 1: one more run
+    model_segments = [s for key in cut for s in _segments_of(job, key) if s["text_source"] == "model"]
+    assert len(model_segments) == 5
+    still_cut = []
+    for segment in model_segments:
+        # Random weights never close a page within 48 greedy tokens: every first attempt was cut, so
+        # every page was run once more (--retries 1), and the better attempt was kept.
+        assert segment["attempts"] == 2 and segment["retry_round"] in (0, 1)
         assert segment["status"] == "ok" and segment["text_source"] == "model"
+        if segment["finish_reason"] == "length":
+            assert "truncated" in segment["flags"] and segment["output_tokens"] == MAX_NEW_TOKENS
+            still_cut.append(segment)
+        else:
+            # The retry's sampled attempt (temperature > 0) may end at EOS: then it is the one kept.
+            assert segment["finish_reason"] == "stop" and segment["retry_round"] == 1
+            assert "truncated" not in segment["flags"]
+    assert still_cut, "no page stayed cut off: the flagging path was not exercised"
+    flagged_sources = 0
     for key in cut:
         source = job["sources"][key]
-        assert source["status"] == "ok" and "truncated" in source["flags"]  # not --strict: ok, flagged
-        assert source["retried_segments"] == sum(1 for s in _segments_of(job, key) if s["text_source"] == "model")
+        segments = [s for s in _segments_of(job, key) if s["text_source"] == "model"]
+        cut_here = any("truncated" in s["flags"] for s in segments)
+        assert source["status"] == "ok"  # not --strict: ok, flagged
+        assert ("truncated" in source["flags"]) == cut_here  # the union of its segments' flags
+        assert source["retried_segments"] == len(segments)
+        flagged_sources += cut_here
     quality = job["summary"]["quality"]
-    assert quality["flags"]["truncated"] == {"segments": 5, "sources": 4}
+    assert quality["flags"]["truncated"] == {"segments": len(still_cut), "sources": flagged_sources}
     assert quality["finish_reason"] == {"length": 5, "stop": 3}
     assert quality["text_source"] == {"model": 8, "pdf_text": 3}
     assert quality["text_layer"] == {"none": 2, "garbled": 1, "usable": 4, "sparse": 1}
