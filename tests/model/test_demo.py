@@ -116,11 +116,10 @@ def chat_each(llm, requests: list[tuple[list[dict], dict]]) -> list[str]:
 def test_reads_the_main_jobs_demo_inputs(demo_llm, tmp_path):
     """What `make demo` feeds the job (jobs.samples.write_demo_inputs), through the job's own decode and
     prompt stage with the demo's settings: every page of the JPEG, the PDF and the TIFF and the WAV clip
-    read exactly as the text they hold; so is each spoken string of the long recording as a cut at its
-    pauses delivers it."""
+    read exactly as the text they hold; so is each spoken string of the 74 s recording, in the chunks the
+    job's own segmentation cuts at its pauses."""
     from jobs.samples import DEMO_PDF_DPI, write_demo_inputs
     from jobs.spec import JobSpec
-    from model.inputs import media
 
     files = write_demo_inputs(tmp_path)
     spec = JobSpec(inputs=[str(tmp_path)], output=str(tmp_path / "out"), model=str(demo.SHIPPED),
@@ -132,15 +131,12 @@ def test_reads_the_main_jobs_demo_inputs(demo_llm, tmp_path):
         assert len(made) == len(texts), name
         requests += made
         wanted += [(name, text) for text in texts]
-    index, flac = demo.recording()
-    audio = media.decode_audio(flac)
-    assert len(audio) / 16000 == pytest.approx(index["seconds"]) and index["seconds"] >= 70
-    assert " ".join(u["text"] for u in index["utterances"]) == files["recording.flac"][1]
-    defaults = default_tasks(demo.SHIPPED)
-    for u in index["utterances"]:  # 0.1 s of the pause on each side
-        piece = audio[int((u["start_s"] - 0.1) * 16000): int((u["end_s"] + 0.1) * 16000)]
-        requests.append((messages_for_item("auto", "audio", audio=piece, defaults=defaults), {}))
-        wanted.append(("recording.flac", u["text"]))
+    index, _ = demo.recording()
+    assert index["seconds"] >= 70 and " ".join(u["text"] for u in index["utterances"]) == files["recording.flac"][1]
+    made = _pipeline_requests(tmp_path / "recording.flac", spec)  # the job's own cuts at the pauses
+    assert len(made) == len(index["utterances"]), "one chunk per spoken string"
+    requests += made
+    wanted += [("recording.flac", u["text"]) for u in index["utterances"]]
     got = chat_each(demo_llm, requests)
     misread = [(name, want, text) for (name, want), text in zip(wanted, got) if text != want]
     assert not misread, misread
