@@ -289,3 +289,17 @@ def test_api_keys_never_logged(server):
     assert not hits, f"API key found: {hits}"
     assert scanned > 10
     report("endpoint_secrets_scan", files_scanned=scanned, keys_found=0)
+
+
+def test_console_names_its_log_file_then_says_ready(server):
+    """`python -m serving.app`'s own output (jobs/console.py): where Ray's and vLLM's logs go first, then its
+    URL once it answers; their lines are in that log file, not on the console."""
+    deadline = time.time() + 30  # the app's own probe may answer a moment after the test's
+    while "[serving] ready: " not in server.log_path.read_text() and time.time() < deadline:
+        time.sleep(1)
+    lines = server.log_path.read_text().splitlines()
+    assert lines[0].startswith("[serving] Ray and vLLM logs: "), lines[:5]
+    log_file = pathlib.Path(lines[0].split(": ", 1)[1])
+    assert log_file.is_relative_to(server.ray_tmp) and "Ray" in log_file.read_text()  # Ray's start-up lines
+    assert f"[serving] ready: gemma-tiny answering at http://127.0.0.1:{server.port}/v1 (" in "\n".join(lines), lines
+    assert not [line for line in lines if line.strip() and not line.startswith("[serving] ")], lines
