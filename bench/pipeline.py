@@ -25,10 +25,12 @@ import argparse
 import json
 import os
 import pathlib
-import tempfile
 import time
 
 import numpy as np
+
+from bench import local
+from bench.sampling import Sampler
 
 
 def make_items(directory: pathlib.Path, pages: int, clips: int, seed: int) -> list[pathlib.Path]:
@@ -65,47 +67,34 @@ def build_conversations(paths: list[pathlib.Path]) -> tuple[list[list[dict]], li
     return conversations, decoded_items
 
 
-class EngineGauges:
+class EngineGauges(Sampler):
     """Samples the engine's own scheduler gauges (vLLM's `vllm:num_requests_running` / `_waiting`,
     exported by ray.data.llm's RayPrometheusStatLogger through Ray's metrics agent) every `interval_s`."""
 
     NAMES = {"ray_vllm_num_requests_running": "running", "ray_vllm_num_requests_waiting": "waiting"}
 
     def __init__(self, port: int, interval_s: float = 0.25):
-        import threading
-
+        super().__init__(interval_s)
         self.url = f"http://127.0.0.1:{port}/metrics"
-        self.interval_s = interval_s
         self.samples: list[tuple[float, float, float]] = []  # (time, running, waiting), summed over engines
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+    def sample(self) -> None:
         import urllib.request
 
         from prometheus_client.parser import text_string_to_metric_families
 
-        while not self._stop.wait(self.interval_s):
-            try:
-                text = urllib.request.urlopen(self.url, timeout=2).read().decode()
-            except OSError:
-                continue
-            values = {"running": None, "waiting": None}
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    key = self.NAMES.get(sample.name)
-                    if key:
-                        values[key] = (values[key] or 0.0) + sample.value
-            if values["running"] is not None:
-                self.samples.append((time.time(), values["running"], values["waiting"] or 0.0))
+        try:
+            text = urllib.request.urlopen(self.url, timeout=2).read().decode()
+        except OSError:
+            return
+        values = {"running": None, "waiting": None}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                key = self.NAMES.get(sample.name)
+                if key:
+                    values[key] = (values[key] or 0.0) + sample.value
+        if values["running"] is not None:
+            self.samples.append((time.time(), values["running"], values["waiting"] or 0.0))
 
     def mean_between(self, start: float, end: float) -> dict:
         window = [(r, w) for t, r, w in self.samples if start <= t <= end]
@@ -115,28 +104,16 @@ class EngineGauges:
                 "waiting": sum(w for _, w in window) / len(window)}
 
 
-class CpuByProcess:
+class CpuByProcess(Sampler):
     """Cumulative CPU seconds of this Ray session's processes, grouped by process title (Ray names
     its workers after the operator they run: `ray::MapWorker(MapBatches(ChatTemplateUDF))`; vLLM its
     engine processes `VLLM::EngineCore`, `VLLM::Worker...`), sampled every `interval_s`. The deltas
     over the steady state say where the cores went."""
 
     def __init__(self, session_dir: str, interval_s: float = 1.0):
-        import threading
-
+        super().__init__(interval_s)
         self.session_dir = session_dir
-        self.interval_s = interval_s
         self.snapshots: list[tuple[float, dict[int, tuple[str, float]]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
     def _roots(self):
         import psutil
@@ -164,23 +141,22 @@ class CpuByProcess:
             return "driver"
         return title.split()[0].rsplit("/", 1)[-1][:40]
 
-    def _run(self) -> None:
+    def sample(self) -> None:
         import psutil
 
-        while not self._stop.wait(self.interval_s):
-            snapshot: dict[int, tuple[str, float]] = {}
-            for root in self._roots():
+        snapshot: dict[int, tuple[str, float]] = {}
+        for root in self._roots():
+            try:
+                procs = [root] + root.children(recursive=True)
+            except psutil.Error:
+                continue
+            for proc in procs:
                 try:
-                    procs = [root] + root.children(recursive=True)
+                    times = proc.cpu_times()
+                    snapshot[proc.pid] = (self._group(proc), times.user + times.system)
                 except psutil.Error:
                     continue
-                for proc in procs:
-                    try:
-                        times = proc.cpu_times()
-                        snapshot[proc.pid] = (self._group(proc), times.user + times.system)
-                    except psutil.Error:
-                        continue
-            self.snapshots.append((time.time(), snapshot))
+        self.snapshots.append((time.time(), snapshot))
 
     def cores_between(self, start: float, end: float) -> dict[str, float]:
         """Cores used per process group between two times (CPU seconds / wall seconds)."""
@@ -323,13 +299,7 @@ def main() -> None:
     p.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = p.parse_args()
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from jobs.demo import ensure_model
-
-    model = str(ensure_model(pathlib.Path(args.model)).resolve())
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    model, tmp = local.prepare(args.model, prefix="bench-pipeline-")
     paths = make_items(tmp / "items", args.pages, args.clips, args.seed)
     conversations, decoded_items = build_conversations(paths)
     results: dict = {"items": len(paths), "pages": args.pages, "clips": args.clips,

@@ -10,12 +10,12 @@ and afterwards the session's raylet logs are searched for the memory monitor's k
 from __future__ import annotations
 
 import pathlib
-import threading
 import time
 
 import pyarrow.dataset as pads
 import pytest
 
+from bench.sampling import Sampler
 from jobs import samples
 from jobs.pipeline import run_job
 from jobs.spec import JobSpec
@@ -25,39 +25,30 @@ SCANS = 24  # A4 at 400 dpi: 3307x4677, about 3.7 MB of JPEG each
 OOM_REPORT = "were killed due to the node running low on memory"
 
 
-class DecodeMemory:
+class DecodeMemory(Sampler):
     """Peak and per-sample private RSS (MiB) of this session's processes running the decode stage."""
 
     def __init__(self, interval_s: float = 0.1):
-        self.interval_s = interval_s
+        super().__init__(interval_s)
         self.samples: list[tuple[float, int, float]] = []  # (time, pid, rss MiB)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
+    def setup(self) -> None:
+        self.raylet = _session_raylet()
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+    def sample(self) -> None:
         import psutil
 
-        raylet = _session_raylet()
-        while not self._stop.wait(self.interval_s):
+        try:
+            procs = self.raylet.children(recursive=True)
+        except psutil.Error:
+            return
+        now = time.time()
+        for proc in procs:
             try:
-                procs = raylet.children(recursive=True)
-            except psutil.Error:
+                if "decode_source" in " ".join(proc.cmdline()):
+                    self.samples.append((now, proc.pid, _private_rss_mib(proc.pid)))
+            except (psutil.Error, OSError):
                 continue
-            now = time.time()
-            for proc in procs:
-                try:
-                    if "decode_source" in " ".join(proc.cmdline()):
-                        self.samples.append((now, proc.pid, _private_rss_mib(proc.pid)))
-                except (psutil.Error, OSError):
-                    continue
 
     @property
     def peak_mib(self) -> float:
