@@ -25,10 +25,11 @@ import argparse
 import json
 import os
 import pathlib
-import tempfile
 import time
 
 import numpy as np
+
+from bench import local
 
 
 def make_corpus(directory: pathlib.Path, digital: int, scanned: int, pages_per_pdf: int, seed: int) -> int:
@@ -120,13 +121,7 @@ def main() -> None:
     p.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = p.parse_args()
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from jobs.demo import ensure_model
-
-    model = str(ensure_model(pathlib.Path(args.model)).resolve())
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-pdf-text-"))
+    model, tmp = local.prepare(args.model, prefix="bench-pdf-text-")
     pages = make_corpus(tmp / "corpus", args.digital, args.scanned, args.pages_per_pdf, args.seed)
     results: dict = {"pages": pages, "digital_pdfs": args.digital, "scanned_pdfs": args.scanned,
                      "pages_per_pdf": args.pages_per_pdf, "max_new_tokens": args.max_new_tokens, "dpi": args.dpi,
