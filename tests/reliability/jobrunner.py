@@ -240,6 +240,19 @@ class JobProcess:
         files = sorted(self.ray_tmp.glob("ray/g4u-logs/*.log"))
         return "\n".join([self.log(), *(f.read_text(errors="replace") for f in files)])
 
+    def wait_for(self, predicate, what: str, timeout: float):
+        """`predicate()`'s first truthy value, polled every 0.2 s; fails, with the end of the job's log,
+        if the job ends first or `timeout` seconds pass."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = predicate()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                raise AssertionError(f"job ended (rc={self.proc.returncode}) before {what}:\n{self.full_log()[-5000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}\n{self.full_log()[-3000:]}")
+
 
 def working_engine(job: JobProcess, exclude: set[int] = frozenset(), *, anywhere: bool = False):
     """The job's engine actor (not in `exclude`) once it has finished a batch: ray.data.llm logs each

@@ -208,18 +208,6 @@ def _pages_dir(directory: pathlib.Path, pages: int) -> set[str]:
     return {stable_id(str(p)) for p in directory.iterdir()}
 
 
-def _wait_for(predicate, timeout: float, job: JobProcess, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if job.proc.poll() is not None:
-            raise AssertionError(f"job ended (rc={job.proc.returncode}) before {what}:\n{job.full_log()[-4000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _done_in_work_area(output: pathlib.Path, run_id: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -262,7 +250,7 @@ def kill_runs(tiny_checkpoint, tmp_path_factory):
     zero = JobProcess(args, _env(), work, "kills-0").start()
     try:
         # The engine is loading: its worker process exists, the actor is still in its constructor.
-        _wait_for(lambda: zero.processes("VLLM::Worker"), JOB_TIMEOUT_S, zero, "run 0's engine to load")
+        zero.wait_for(lambda: zero.processes("VLLM::Worker"), "run 0's engine to load", JOB_TIMEOUT_S)
         engine_pids = [p.pid for p in zero.processes("VLLM::")]
     finally:
         rc = zero.kill_group(signal.SIGKILL)
@@ -273,7 +261,7 @@ def kill_runs(tiny_checkpoint, tmp_path_factory):
     try:
         # Stop once a finished source is readable in the work area (a file still being written does
         # not count), so the first run has done some but not all of the work.
-        _wait_for(lambda: _done_in_work_area(output, "kills")[0], JOB_TIMEOUT_S, first, "run 1's first results")
+        first.wait_for(lambda: _done_in_work_area(output, "kills")[0], "run 1's first results", JOB_TIMEOUT_S)
     finally:
         rc = first.kill_group(signal.SIGTERM)
     ends["sigterm"] = _end(first, "SIGTERM of the process group", STOPPED_GRACE_S, rc)
@@ -283,8 +271,8 @@ def kill_runs(tiny_checkpoint, tmp_path_factory):
     second = JobProcess(args, _env(), work, "kills-2").start()
     actors, killed_at, done_at_actor_kill = [], None, None
     try:
-        _wait_for(lambda: set(work_files(output, "kills")) - files_before, JOB_TIMEOUT_S, second,
-                  "run 2's first results")
+        second.wait_for(lambda: set(work_files(output, "kills")) - files_before, "run 2's first results",
+                        JOB_TIMEOUT_S)
         actors = second.processes("MapBatches(vLLMEngineStageUDF)")
         done_at_actor_kill = len(_done_in_work_area(output, "kills")[0])
         for actor in actors:

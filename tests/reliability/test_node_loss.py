@@ -56,18 +56,6 @@ def _engine_ready(job: JobProcess):
     return actors[0] if actors and cores else None
 
 
-def _wait(predicate, job: JobProcess, what: str, timeout: float = TIMEOUT_S):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if job.proc.poll() is not None:
-            raise AssertionError(f"job ended (rc={job.proc.returncode}) before {what}:\n{job.full_log()[-5000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{job.full_log()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def node_loss(tiny_checkpoint, tmp_path_factory):
     work = tmp_path_factory.mktemp("nodeloss")
@@ -102,7 +90,7 @@ def node_loss(tiny_checkpoint, tmp_path_factory):
         kills = []
 
         # 1. just after the engine is ready
-        actor = _wait(lambda: _engine_ready(job), job, "the engine to be ready")
+        actor = job.wait_for(lambda: _engine_ready(job), "the engine to be ready", TIMEOUT_S)
         node = cluster.node_of(actor.pid)
         assert node in ("a", "b"), f"engine actor {actor.pid} on {node}"
         done_before = len(_done_in_work_area(output, "nodeloss")[0])
@@ -114,13 +102,14 @@ def node_loss(tiny_checkpoint, tmp_path_factory):
         # 2. after part of the output was written (since the first kill), kill the engine's node again:
         # the replacement engine has finished a batch, and its rows are in the work area.
         first = actor.pid
-        actor = _wait(lambda: working_engine(job, {first}, anywhere=True), job, "the new engine's first batch")
+        actor = job.wait_for(lambda: working_engine(job, {first}, anywhere=True), "the new engine's first batch",
+                             TIMEOUT_S)
 
         def written():
             done = len(_done_in_work_area(output, "nodeloss")[0])
             return done if done > done_before else None
 
-        done = _wait(written, job, "output written after the first node loss")
+        done = job.wait_for(written, "output written after the first node loss", TIMEOUT_S)
         node = cluster.node_of(actor.pid)
         assert node is not None and node != kills[0]["node"], node
         assert done < len(expected), "the job finished before the second kill"
