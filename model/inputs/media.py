@@ -176,8 +176,10 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def iter_images(data: bytes, limits: MediaLimits = MediaLimits()) -> Iterator:
-    """Yield RGB PIL images, one per frame (multi-page TIFF yields every page), lazily."""
+def open_image(data: bytes, limits: MediaLimits, limit_hint: str = ""):
+    """(PIL image with only its header read, frame count), behind the decompression-bomb guard;
+    MediaError for a bomb, a corrupt or unknown format, or more frames than `limits.max_pages`
+    (`limit_hint` names how to raise that limit, e.g. " (--max-pages)")."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -194,8 +196,16 @@ def iter_images(data: bytes, limits: MediaLimits = MediaLimits()) -> Iterator:
     if frames > limits.max_pages:
         raise MediaError(
             f"the image has {frames} frames/pages, more than the page limit of {limits.max_pages}; "
-            "split the file or raise the page limit"
+            f"split the file or raise the page limit{limit_hint}"
         )
+    return image, frames
+
+
+def iter_images(data: bytes, limits: MediaLimits = MediaLimits()) -> Iterator:
+    """Yield RGB PIL images, one per frame (multi-page TIFF yields every page), lazily."""
+    from PIL import Image
+
+    image, frames = open_image(data, limits)
     for index in range(frames):
         what = f"page {index + 1}" if frames > 1 else "the image"
         try:

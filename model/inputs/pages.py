@@ -371,24 +371,7 @@ def _complete_file(data: bytes, fmt: str) -> bool:
 
 
 def _open_image_pages(data: bytes, fmt: str, geometry: PageGeometry, limits: media.MediaLimits) -> Pages:
-    from PIL import UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            header = Image.open(io.BytesIO(data))  # reads the header only
-            frames = getattr(header, "n_frames", 1)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise media.MediaError(f"image rejected by the decompression-bomb guard: {exc}") from None
-    except UnidentifiedImageError:
-        raise media.MediaError("the image data is corrupt or not a supported image format") from None
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad headers
-        raise media.MediaError(f"cannot read the image header: {exc}") from None
-    if frames > limits.max_pages:
-        raise media.MediaError(
-            f"the image has {frames} frames/pages, more than the page limit of {limits.max_pages}; "
-            "split the file or raise the page limit (--max-pages)"
-        )
+    header, frames = media.open_image(data, limits, limit_hint=" (--max-pages)")
 
     def produce(skip: frozenset) -> Iterator[PreparedPage]:
         try:
