@@ -19,20 +19,11 @@ import pytest
 from jobs import samples
 from jobs.pipeline import run_job
 from jobs.spec import JobSpec
+from tests.schemas import bounded_object
 
 RUN_DATE = "2026-11-23"
 MAX_NEW_TOKENS = 48
-# Bounded strings and integers: grammar-constrained decoding closes the object within the token
-# budget even with random weights (docs/batch.md "Structured extraction").
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "title": {"type": "string", "pattern": "^[a-z]{1,8}$"},
-        "total": {"type": "integer", "minimum": 0, "maximum": 999},
-    },
-    "required": ["title", "total"],
-    "additionalProperties": False,
-}
+SCHEMA = bounded_object("title", "^[a-z]{1,8}$")
 
 
 @pytest.fixture(scope="module")

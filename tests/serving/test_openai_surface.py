@@ -10,6 +10,8 @@ import jsonschema
 import openai
 import pytest
 
+from tests.schemas import bounded_object
+
 PROMPT = [{"role": "user", "content": "Read the invoice and answer."}]
 
 
@@ -72,17 +74,7 @@ def test_logprobs_and_top_logprobs(endpoint):
 
 
 def test_response_format_json_schema(endpoint):
-    # A bounded schema (short patterned strings, bounded integers): with whitespace off at engine
-    # level a random-weight checkpoint closes it within the token budget (docs/batch.md).
-    schema = {
-        "type": "object",
-        "properties": {
-            "invoice": {"type": "string", "pattern": "^[A-Z0-9]{1,6}$"},
-            "total": {"type": "integer", "minimum": 0, "maximum": 999},
-        },
-        "required": ["invoice", "total"],
-        "additionalProperties": False,
-    }
+    schema = bounded_object("invoice", "^[A-Z0-9]{1,6}$")
     r = _create(endpoint, temperature=0, max_completion_tokens=48,
                 response_format={"type": "json_schema", "json_schema": {"name": "invoice", "schema": schema}})
     choice = r.choices[0]
