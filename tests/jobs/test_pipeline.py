@@ -20,6 +20,7 @@ from jobs import samples
 from jobs.pipeline import run_job
 from jobs.spec import JobSpec
 from model.inputs import media, prompts
+from tests.engines import running_engine
 
 RUN_DATE = "2026-11-22"
 CUSTOM_PROMPT = "List every number on the page, one per line, with the words that label it."
@@ -199,7 +200,7 @@ def test_summary_counts_and_location(job):
 
 def test_token_ids_equal_a_direct_vllm_call(job):
     """Same input, same prompt, greedy: the pipeline's tokens are the engine's tokens."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
     segments = job["segments"]
     fs = job["fs"]
@@ -214,14 +215,9 @@ def test_token_ids_equal_a_direct_vllm_call(job):
         prompts.messages_for_item("auto", "document", image=page),
         prompts.messages_for_item("auto", "audio", audio=audio_chunks.chunk_samples(audio, chunk)),
     ]
-    settings = job["spec"].engine_settings()
-    settings.apply_env()
-    llm = LLM(**settings.vllm_kwargs())
-    try:
+    with running_engine(job["spec"].engine_settings()) as llm:
         outs = llm.chat(conversations, SamplingParams(temperature=0.0, max_tokens=4),
                         chat_template_content_format="openai", use_tqdm=False)
-    finally:
-        llm.llm_engine.engine_core.shutdown()
     expected = [list(o.outputs[0].token_ids) for o in outs]
     got_page = segments[segments.source_uri == "s3://scans/mixed/invoice.png"].output_token_ids.iloc[0]
     got_chunk = segments[(segments.source_uri == "s3://scans/mixed/meeting.flac")

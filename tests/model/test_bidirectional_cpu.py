@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from model.engine import EngineSettings
+from tests.engines import running_engine
 from tests.model.reference import (
     TOP_K,
     Case,
@@ -83,15 +84,11 @@ def vision_mask_reference(reference: Reference, case: Case, max_new_tokens: int)
 
 @pytest.fixture(scope="module")
 def llm(tiny_checkpoint_bidi):
-    from vllm import LLM
-
     settings = EngineSettings(
         model=str(tiny_checkpoint_bidi), device="cpu", max_model_len=4096, max_images_per_prompt=4, max_audios_per_prompt=4
     )
-    settings.apply_env()
-    engine = LLM(**settings.vllm_kwargs(), max_num_batched_tokens=STEP_TOKEN_BUDGET)
-    yield engine
-    engine.llm_engine.engine_core.shutdown()
+    with running_engine(settings, max_num_batched_tokens=STEP_TOKEN_BUDGET) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,11 @@ from model.checkpoints import demo, demo_data
 from model.inputs.media import decode_audio
 from model.inputs.prompts import TEXT_PROMPT, default_tasks, messages_for_item, resolve_prompt
 from model.registration import ARCHITECTURE
+from tests.engines import running_engine
 
 
 @pytest.fixture(scope="module")
 def demo_llm():
-    from vllm import LLM
-
     from model.engine import EngineSettings
 
     settings = EngineSettings(
@@ -32,10 +31,8 @@ def demo_llm():
         max_images_per_prompt=1,
         max_audios_per_prompt=1,
     )
-    settings.apply_env()
-    engine = LLM(**settings.vllm_kwargs())
-    yield engine
-    engine.llm_engine.engine_core.shutdown()
+    with running_engine(settings) as engine:
+        yield engine
 
 
 def read(llm, messages: list[list[dict]]) -> list[str]:

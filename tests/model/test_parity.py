@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from model.engine import EngineSettings
+from tests.engines import running_engine
 from tests.model.reference import (
     Case,
     Reference,
@@ -40,15 +41,10 @@ def settings(checkpoint) -> EngineSettings:
 
 @pytest.fixture(scope="module")
 def llm(tiny_checkpoint):
-    from vllm import LLM
-
-    s = settings(tiny_checkpoint)
-    s.apply_env()
     # Test-only: lets `apply_model` ship a function to the engine worker (pickle over the engine's IPC).
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-    engine = LLM(**s.vllm_kwargs())
-    yield engine
-    engine.llm_engine.engine_core.shutdown()
+    with running_engine(settings(tiny_checkpoint)) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")

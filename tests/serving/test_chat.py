@@ -128,19 +128,13 @@ def test_second_key_works(endpoint):
 @pytest.fixture(scope="module")
 def direct_llm(endpoint):
     """A direct vLLM engine with the same EngineSettings the endpoint renders (the reference)."""
-    import gc
-
-    from vllm import LLM
-
     from serving.config import ServingConfig
+    from tests.engines import running_engine
     from tests.serving.conftest import TEST_LIMITS
 
     settings = ServingConfig(model=str(endpoint.checkpoint), device="cpu", **TEST_LIMITS).engine_settings()
-    settings.apply_env()
-    llm = LLM(**settings.vllm_kwargs())
-    yield llm
-    del llm
-    gc.collect()
+    with running_engine(settings) as llm:
+        yield llm
 
 
 def test_token_ids_equal_direct_vllm(endpoint, direct_llm):
