@@ -138,16 +138,3 @@ def test_reads_the_main_jobs_demo_inputs(demo_llm, tmp_path):
     misread = [(name, want, text) for (name, want), text in zip(wanted, got) if text != want]
     assert not misread, misread
 
-
-def test_the_demo_recording_through_the_jobs_cut_reads_exactly(demo_llm, tmp_path):
-    """The long recording as `make demo` runs it: the job's own decode stage cuts it at its pauses with
-    the checkpoint's declared window and packing (model.inputs.audio_chunks), and the chunks' readings
-    joined in order are exactly the 21 strings it holds."""
-    from jobs.spec import JobSpec
-
-    index, flac = demo.recording()
-    (tmp_path / "recording.flac").write_bytes(flac)
-    spec = JobSpec(inputs=[str(tmp_path)], output=str(tmp_path / "out"), model=str(demo.SHIPPED))
-    requests = _pipeline_requests(tmp_path / "recording.flac", spec)
-    assert len(requests) == len(index["utterances"])
-    assert " ".join(chat_each(demo_llm, requests)) == " ".join(u["text"] for u in index["utterances"])
