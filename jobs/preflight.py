@@ -26,6 +26,7 @@ Three checks, each in seconds and each naming the location and what the storage 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -45,6 +46,10 @@ from jobs.spec import JobSpec
 PROBE_BYTES = 11 * 2**20  # > pyarrow's S3 part size (10 MiB): two parts
 PROBE_ATTEMPTS = 3  # SDK attempts per probe request (the job's own writes keep StorageConfig's)
 _GLOB_CHARS = set("*?[")
+# A local output that fails with one of these names a place this process cannot write (under a file,
+# on a read-only or pseudo filesystem, not permitted): fixed in the command (exit 2). Anything else
+# (a full disk, a store's refusal) is the storage's failure (exit 1).
+_COMMAND_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOENT, errno.EEXIST, errno.EISDIR}
 
 
 class PreflightError(RuntimeError):
@@ -56,8 +61,9 @@ class PreflightError(RuntimeError):
 
 
 class PreflightConfigError(PreflightError, ConfigError):
-    """The command names what is not there: an input that does not exist, a model path that is no
-    Gemma 4 Unified checkpoint. A configuration error (exit 2): fixed in the command, not the store."""
+    """The command names what is not there: an input that does not exist, a local output this process
+    cannot write, a model path that is no Gemma 4 Unified checkpoint. A configuration error (exit 2):
+    fixed in the command, not the store."""
 
 
 @dataclasses.dataclass
@@ -139,6 +145,10 @@ def check_output(work_root: str, spec: JobSpec) -> None:
             pq.write_table(_probe_table(), out)
     except Exception as exc:  # noqa: BLE001 - the storage's answer is the message
         _delete_quietly(fs, path)  # a store may keep an upload it answered as failed
+        if local and getattr(exc, "errno", None) in _COMMAND_ERRNOS:
+            raise PreflightConfigError(
+                "output", f"the output {spec.output} is not writable here: writing {probe_uri} failed: "
+                f"{_answer(exc)}") from None
         raise PreflightError(
             "output", f"the output {spec.output} refuses writes: a {PROBE_BYTES // 2**20} MiB probe "
             f"written to {probe_uri} the way the work area is written (multipart upload on S3) failed: "

@@ -124,6 +124,20 @@ def test_denied_listing_is_reported_with_the_storage_answer(store, s3_endpoint, 
     assert "ACCESS_DENIED" in str(info.value).upper().replace(" ", "_")
 
 
+@pytest.mark.parametrize("where", ["under_a_file", "pseudo_fs"])
+def test_a_local_output_that_cannot_be_written_is_a_configuration_error(tiny_checkpoint, tmp_path, where):
+    """A local output this process cannot write (under a regular file; on /proc, where nothing can be
+    created) is fixed in the command: a configuration error (exit 2), not a store's failure (exit 1)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "a-file").write_text("")
+    output = {"under_a_file": tmp_path / "a-file" / "out", "pseudo_fs": pathlib.Path("/proc/g4u-no-such-dir/out")}[where]
+    spec = JobSpec(inputs=[str(tmp_path / "in")], output=str(output), model=str(tiny_checkpoint), run_id="pf")
+    with pytest.raises(preflight.PreflightError) as info:
+        preflight.check(spec, f"{output}/_work/pf")
+    assert info.value.check == "output" and isinstance(info.value, ConfigError)
+    assert str(output) in str(info.value) and "not writable" in str(info.value)
+
+
 def _broken_copy(src: pathlib.Path, tmp: pathlib.Path, name: str) -> pathlib.Path:
     dst = tmp / name
     shutil.copytree(src, dst)
@@ -183,3 +197,32 @@ def test_job_on_a_refusing_store_ends_before_ray_or_an_engine_starts(store, s3_e
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     report("preflight_job_refusing_store", exit_code=proc.returncode, wall_s=round(elapsed, 1))
+
+
+@pytest.mark.parametrize("case", ["missing_input", "unwritable_output", "not_a_checkpoint"])
+def test_command_errors_found_by_preflight_exit_2_before_ray_starts(tiny_checkpoint, tmp_path, case):
+    """`python -m jobs.run` naming an input that does not exist, a local output it cannot write or a
+    model path that is not a checkpoint: exit 2 (configuration error, jobs/exit_codes.py), the reason
+    on the console, and no Ray started."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "page.png").write_bytes(b"not read by preflight")
+    (tmp_path / "a-file").write_text("")
+    args = {"inputs": str(tmp_path / "in"), "output": str(tmp_path / "out"), "model": str(tiny_checkpoint)}
+    expect = {"missing_input": ("inputs", str(tmp_path / "no-such-dir"), "no input files match"),
+              "unwritable_output": ("output", str(tmp_path / "a-file" / "out"), "not writable"),
+              "not_a_checkpoint": ("model", str(tmp_path / "in"), "not a Hugging Face checkpoint")}[case]
+    args[expect[0]] = expect[1]
+    ray_tmp = pathlib.Path(tempfile.mkdtemp(prefix="rp", dir="/tmp"))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
+           "RAY_TMPDIR": str(ray_tmp), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "jobs.run", "--input", args["inputs"], "--output", args["output"],
+             "--model", args["model"], "--run-id", "pf"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == ExitCode.USAGE, out[-3000:]
+        assert "configuration error" in out and expect[2] in out and expect[1] in out, out[-3000:]
+        assert not list(ray_tmp.rglob("session_*")), "Ray was started before preflight failed"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
