@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+import traceback
 
 from connectors.sources import ParquetColumns
 from connectors.storage import StorageConfig
@@ -129,10 +130,18 @@ def print_summary(summary: dict, file=None) -> None:
         print(line, file=file or sys.stdout)
 
 
+def interrupted_line(spec: JobSpec) -> str:
+    """What an interrupted run tells the person who pressed Ctrl-C: what is kept and how to go on."""
+    return (f"[jobs] interrupted: the work area {spec.output.rstrip('/')}/_work/{spec.run_id}/ is kept; re-running "
+            f"the same command resumes the run where it stopped (on another day add --run-id {spec.run_id} "
+            f"--run-date {spec.run_date})")
+
+
 def execute(spec: JobSpec, *, verbose: bool = False, log_file: pathlib.Path | None = None, kind: str = "jobs-run",
             after=None) -> int:
     """Run `spec` with the console (progress line, log file, summary); return the exit code.
-    `after(summary, out)` prints more after the summary (the demo's table)."""
+    `after(summary, out)` prints more after the summary (the demo's table). Ctrl-C: one line saying
+    what is kept, exit 130; where Ray Data was interrupted goes to the log file only."""
     import ray
 
     from jobs.pipeline import run_job
@@ -140,19 +149,22 @@ def execute(spec: JobSpec, *, verbose: bool = False, log_file: pathlib.Path | No
     owns_ray = not ray.is_initialized()  # shut down only a Ray instance this run started
     with console.Console(log_file or console.default_log_path(kind, spec.run_id), verbose=verbose) as con:
         try:
-            summary = run_job(spec, progress=con.progress)
+            try:
+                summary = run_job(spec, progress=con.progress)
+            finally:
+                if owns_ray and ray.is_initialized():
+                    ray.shutdown()  # inside the log redirection: Ray's shutdown chatter goes to the log file
         except ConfigError as exc:
             con.failure(exc, "configuration error")
             return ExitCode.USAGE
-        except KeyboardInterrupt as exc:
-            con.failure(exc, "interrupted")
+        except KeyboardInterrupt as exc:  # also a second Ctrl-C during Ray's shutdown
+            if not verbose:
+                con.log.write("".join(traceback.format_exception(exc)))  # where it stopped, for diagnosis
+            con.say(interrupted_line(spec))
             return ExitCode.INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - any other failure: the run did not finish
             con.failure(exc)
             return ExitCode.JOB_FAILED
-        finally:
-            if owns_ray and ray.is_initialized():
-                ray.shutdown()  # inside the log redirection: Ray's shutdown chatter goes to the log file
         con.summary(summary)
         if after is not None:
             after(summary, con.out)

@@ -5,6 +5,7 @@ of everything child processes write, and the exit code of each kind of bad comma
 from __future__ import annotations
 
 import io
+import pathlib
 import re
 import subprocess
 import sys
@@ -192,3 +193,69 @@ def test_console_flags_travel_with_a_submitted_job_but_are_no_job_settings():
     assert _console_args(argv) == ["--verbose", "--log-file", "/l/run.log"]
     plain = spec_from_args(parser().parse_args(argv[:6]))
     assert spec_from_args(parser().parse_args(argv)) == plain  # same run id: the console is not the job
+
+
+def test_ctrl_c_of_a_streaming_run_prints_what_is_kept_and_exits_130(tmp_path):
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) once the run streams:
+    one line saying the work area is kept and re-running resumes, exit 130, no traceback on the
+    console (where Ray Data stopped goes to the log file). Bounded: the run is interrupted while its
+    engine loads, and everything in the group is killed afterwards whatever happened."""
+    import os
+    import shutil
+    import signal
+    import tempfile
+    import threading
+    import time
+
+    from jobs import samples
+    from model.checkpoints import demo
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(4):
+        (inputs / f"page{i}.png").write_bytes(samples.png_page(samples.SAMPLE_TEXTS[i % 4]))
+    log = tmp_path / "run.log"
+    ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's unix socket paths live under it
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
+           "RAY_TMPDIR": ray_tmp, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONUNBUFFERED": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.run", "--input", str(inputs), "--output", str(tmp_path / "out"),
+         "--model", str(demo.SHIPPED), "--run-id", "ctrlc", "--log-file", str(log)],
+        cwd=pathlib.Path(__file__).resolve().parents[2], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    streaming = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if ": streaming " in line:
+                streaming.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 180
+        while not streaming.wait(0.5) and proc.poll() is None and time.time() < deadline:
+            pass
+        assert streaming.is_set(), "".join(lines)
+        time.sleep(2)  # Ray Data's executor is running its operators
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=120)
+        reader.join(10)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the run's process group
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = "".join(lines)
+    assert code == ExitCode.INTERRUPTED == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    (said,) = [line for line in out.splitlines() if "interrupted" in line]
+    work_area = f"{tmp_path / 'out'}/_work/ctrlc/"
+    assert work_area in said and "kept" in said and "resumes" in said, said
+    assert (tmp_path / "out" / "_work" / "ctrlc").is_dir()
+    assert "KeyboardInterrupt" in log.read_text(errors="replace")  # where it stopped, for diagnosis
