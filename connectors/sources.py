@@ -19,6 +19,7 @@ become one error row, while Ray's file reader fails the whole job on the first o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Iterator
 
@@ -47,17 +48,29 @@ def stable_id(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:24]
 
 
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+
+
 def is_parquet(uri: str) -> bool:
-    return uri.lower().endswith((".parquet", ".parq", ".pq"))
+    return uri.lower().endswith(PARQUET_SUFFIXES)
 
 
-def expand_inputs(inputs: list[str], storage: StorageConfig) -> list[dict]:
-    """Driver side: input URIs -> units {"unit": "file"|"parquet", "uri": ...} (sorted, unique)."""
-    units: dict[str, dict] = {}
-    for uri in inputs:
-        for found in list_files(uri, storage):
-            units[found] = {"unit": "parquet" if is_parquet(found) else "file", "uri": found}
-    return [units[k] for k in sorted(units)]
+def expand_inputs(inputs: list[str], storage: StorageConfig):
+    """Driver side: input URIs -> a pyarrow Table of units (unit: "file"|"parquet", uri), sorted, unique.
+
+    The driver's one per-object structure: the listing itself (pyarrow's FileInfo per object, while
+    a prefix is listed) and then an Arrow table of about the URI's length per object; measured in
+    bench/finalize_scale.py. Ray Data's own file readers list in the driver the same way.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    uris = pa.chunked_array([pa.array(list_files(uri, storage), pa.string()) for uri in inputs], pa.string())
+    uris = pc.unique(uris)
+    uris = uris.take(pc.sort_indices(uris))
+    lower = pc.utf8_lower(uris)
+    parquet = functools.reduce(pc.or_, (pc.ends_with(lower, suffix) for suffix in PARQUET_SUFFIXES))
+    return pa.table({"unit": pc.if_else(parquet, "parquet", "file"), "uri": uris})
 
 
 def _pick(names: list[str], explicit: str | None, candidates: tuple[str, ...], what: str, uri: str) -> str | None:

@@ -166,36 +166,24 @@ def count_work(batch, counter):
 # -- progress (driver side) -----------------------------------------------------------------------
 
 
-def count_sources(units: list[dict], storage) -> int | None:
-    """Sources in the listed units: one per file, the row count (Parquet footer) per table."""
+def count_sources(units, storage) -> int | None:
+    """Sources in the listed units (a pyarrow Table: unit, uri): one per file, the row count
+    (Parquet footer) per table."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from connectors.storage import resolve
 
-    total = 0
-    for unit in units:
-        if unit["unit"] != "parquet":
-            total += 1
-            continue
+    parquet = units.filter(pc.equal(units.column("unit"), "parquet")).column("uri").to_pylist()
+    total = units.num_rows - len(parquet)
+    for uri in parquet:
         try:
-            fs, path = resolve(unit["uri"], storage)
+            fs, path = resolve(uri, storage)
             with fs.open_input_file(path) as handle:
                 total += pq.ParquetFile(handle).metadata.num_rows
         except Exception:  # noqa: BLE001 - an unreadable table becomes error rows later; the total is unknown
             return None
     return total
-
-
-def resumed_sources(previous, done: frozenset, partial: dict) -> float:
-    """Sources finished by earlier invocations, partly done ones as their finished share."""
-    fraction = 0.0
-    if partial:
-        for sid, index, expected in zip(previous.column("source_id").to_pylist(),
-                                        previous.column("segment_index").to_pylist(),
-                                        previous.column("num_segments").to_pylist()):
-            if index >= 0 and sid in partial:
-                fraction += 1.0 / max(int(expected), 1)
-    return len(done) + fraction
 
 
 def heartbeat_line(elapsed_s: float, counts: Counts, total: int | None, initial: float) -> str:
@@ -240,16 +228,17 @@ class Progress:
             self.log.write(line + "\n")
 
     # -- hooks called by run_job --------------------------------------------------------------------
-    def begin(self, spec, units: list[dict], previous, done: frozenset, partial: dict) -> None:
+    def begin(self, spec, units, index) -> None:
+        """units: the listed input units (pyarrow Table); index: the work area's `ResumeIndex`."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.total = count_sources(units, spec.storage)
-        self.initial = resumed_sources(previous, done, partial)
+        self.initial = index.done + index.finished_share
         self.counts = Counts(sources=self.initial)
         total = f"{self.total} sources" if self.total is not None else "sources"
-        self.say(f"[jobs] run {spec.run_id} ({spec.run_date}): {total} in {len(units)} input units, "
-                 f"{len(done)} already done, {len(partial)} partly done")
+        self.say(f"[jobs] run {spec.run_id} ({spec.run_date}): {total} in {units.num_rows} input units, "
+                 f"{index.done} already done, {index.partial} partly done")
         self.close()  # a second run_job in the same console (a retry) starts afresh
         self._stop = threading.Event()
         node = ray.get_runtime_context().get_node_id()
@@ -359,9 +348,9 @@ class NullProgress:
     def say(self, line: str) -> None:
         print(line, flush=True)
 
-    def begin(self, spec, units, previous, done, partial) -> None:
-        self.say(f"[jobs] run {spec.run_id} ({spec.run_date}): {len(units)} input units, "
-                 f"{len(done)} sources already done, {len(partial)} partly done")
+    def begin(self, spec, units, index) -> None:
+        self.say(f"[jobs] run {spec.run_id} ({spec.run_date}): {units.num_rows} input units, "
+                 f"{index.done} sources already done, {index.partial} partly done")
 
     def attach(self, ds, *, num_cpus: float):
         return ds

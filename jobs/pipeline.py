@@ -38,11 +38,12 @@ import pyarrow.compute as pc
 
 from connectors.sources import expand_inputs
 from connectors.storage import resolve
-from jobs import failures, preflight, quality, retry, stages
+from jobs import failures, preflight, quality, retry, stages, totals
 from jobs.console import NullProgress
 from jobs.exit_codes import ConfigError
+from jobs.resume import ResumeIndex
 from jobs.spec import JobSpec
-from jobs.workarea import STALL_STAGE, OutputLayout, finalize, read_published_segments, read_work, resume_state
+from jobs.workarea import STALL_STAGE, OutputLayout, finalize
 from model.inputs import prompts
 
 log = logging.getLogger("jobs")
@@ -179,13 +180,11 @@ def ensure_ray(spec: JobSpec, **init_kwargs) -> None:
 # -- phases ---------------------------------------------------------------------------------------
 
 
-def stream(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, units: list[dict],
+def stream(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, units: pa.Table,
            progress=None) -> None:
-    import ray
-
+    """`units`: the input units still to do (`pending_units`)."""
     light = 1.0 if spec.engine_settings().resolved_device() == "gpu" else 0.1
-    ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 200)))
-    ds = ds.flat_map(stages.expand_unit, fn_kwargs={"ctx": ctx}, num_cpus=light)  # read
+    ds = units_dataset(units).flat_map(stages.expand_unit, fn_kwargs={"ctx": ctx}, num_cpus=light)  # read
     infer_sources(spec, layout, ctx, ds, progress)
 
 
@@ -213,20 +212,13 @@ def infer_sources(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext,
 # -- summary --------------------------------------------------------------------------------------
 
 
-def summarize(spec: JobSpec, layout: OutputLayout, sources: pa.Table, *, attempt: str, skipped: int,
-              new_work: pa.Table, started: float, stream_s: float, finalize_s: float,
-              quality_counts: dict | None = None, retry_rounds: list[dict] | None = None) -> dict:
-    rows = sources.to_pylist()
-    total = len(rows)
-    errors = [r for r in rows if r["status"] != "ok"]
-    by_modality: dict[str, dict[str, int]] = {}
-    for r in rows:
-        key = r["modality"] or "unknown"
-        by_modality.setdefault(key, {"ok": 0, "error": 0})["ok" if r["status"] == "ok" else "error"] += 1
-    error_rate = len(errors) / total if total else 0.0
-    new_segments = [r for r in new_work.select(["segment_index", "status", "retry_round", "text_source"]).to_pylist()
-                    if r["segment_index"] != stages.ERROR_SEGMENT and not r["retry_round"]]
-    new_sources = len(set(new_work.column("source_id").to_pylist())) if new_work.num_rows else 0
+def summarize(spec: JobSpec, layout: OutputLayout, totals: dict, *, attempt: str, skipped: int,
+              started: float, stream_s: float, finalize_s: float, retry_rounds: list[dict] | None = None) -> dict:
+    """The run summary from `totals.run_totals` (counts reduced on the cluster)."""
+    sources, invocation = totals["sources"], totals["invocation"]
+    total, errors = int(sources.get("total", 0)), int(sources.get("error", 0))
+    error_rate = errors / total if total else 0.0
+    new_sources, new_segments = int(invocation.get("sources", 0)), int(invocation.get("segments", 0))
     return {
         "run_id": spec.run_id,
         "run_date": spec.run_date,
@@ -236,31 +228,32 @@ def summarize(spec: JobSpec, layout: OutputLayout, sources: pa.Table, *, attempt
         "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "wall_s": round(time.time() - started, 3),
-        "sources": {"total": total, "ok": total - len(errors), "error": len(errors), "by_modality": by_modality},
+        "sources": {"total": total, "ok": total - errors, "error": errors,
+                    "by_modality": sources.get("by_modality", {})},
         "error_rate": round(error_rate, 6),
         "error_threshold": spec.error_threshold,
         "passed": error_rate <= spec.error_threshold,
-        "pages": int(sum(r["pages"] or 0 for r in rows)),
-        "audio_seconds": round(sum(r["duration_s"] or 0.0 for r in rows if r["modality"] == "audio"), 3),
-        "segments": int(sum(r["num_segments"] for r in rows)),
-        "tokens": {"input": int(sum(r["input_tokens"] for r in rows)),
-                   "output": int(sum(r["output_tokens"] for r in rows))},
+        "pages": int(sources.get("pages", 0)),
+        "audio_seconds": round(float(sources.get("audio_seconds", 0.0)), 3),
+        "segments": int(sources.get("segments", 0)),
+        "tokens": {"input": int(sources.get("tokens", {}).get("input", 0)),
+                   "output": int(sources.get("tokens", {}).get("output", 0))},
         "this_invocation": {
             "sources_skipped_as_done": skipped,
             "sources_processed": new_sources,
-            "segments_inferred": sum(1 for r in new_segments if r["status"] == "ok" and r["text_source"] != "pdf_text"),
-            "segments_from_pdf_text": sum(1 for r in new_segments if r["text_source"] == "pdf_text"),
-            "segments_failed": sum(1 for r in new_segments if r["status"] != "ok"),
+            "segments_inferred": int(invocation.get("segments_inferred", 0)),
+            "segments_from_pdf_text": int(invocation.get("segments_from_pdf_text", 0)),
+            "segments_failed": int(invocation.get("segments_failed", 0)),
             "stream_s": round(stream_s, 3),
             "finalize_s": round(finalize_s, 3),
             "items_per_s": round(new_sources / stream_s, 4) if stream_s > 0 else None,
-            "segments_per_s": round(len(new_segments) / stream_s, 4) if stream_s > 0 else None,
+            "segments_per_s": round(new_segments / stream_s, 4) if stream_s > 0 else None,
         },
         # Output checks: flags (segments and sources), finish reasons, where text came from (model or
         # PDF text layer), text-layer verdicts of PDF pages, retries.
-        "quality": {**(quality_counts or {}), "retries": spec.retries, "strict": spec.strict, "pdf_text": spec.pdf_text,
-                    "retry_rounds_this_invocation": retry_rounds or []},
-        "errors_sample": [{"source_uri": r["source_uri"], "error": r["error"]} for r in errors[:20]],
+        "quality": {**totals["quality"], "retries": spec.retries, "strict": spec.strict,
+                    "pdf_text": spec.pdf_text, "retry_rounds_this_invocation": retry_rounds or []},
+        "errors_sample": sources.get("errors_sample", [])[:20],
         "tables": {"sources": layout.sources, "segments": layout.segments},
         "summary_path": layout.summary,
     }
@@ -276,20 +269,42 @@ def _write_json(uri: str, payload: dict, spec: JobSpec) -> None:
 # -- entry point ----------------------------------------------------------------------------------
 
 
-def _unit_done(unit: dict, done: frozenset, spec: JobSpec) -> bool:
-    """Finished units are dropped on the driver, so a finished run starts no engine at all.
-    Rows of partly finished Parquet tables are filtered again as they are read."""
+UNIT_BLOCKS = 200  # blocks of the units dataset: the read stage's parallelism
+
+
+def units_dataset(units: pa.Table):
+    """The listed units (pyarrow Table: unit, uri) as a Ray Dataset of up to UNIT_BLOCKS blocks."""
+    import ray
+
+    size = max(1, -(-units.num_rows // UNIT_BLOCKS))
+    return ray.data.from_arrow([units.slice(i, size) for i in range(0, units.num_rows, size)] or [units])
+
+
+def pending_units(units: pa.Table, index: ResumeIndex, spec: JobSpec) -> pa.Table:
+    """The input units not yet done. The check runs on the cluster (a file unit is done when its
+    source is, a Parquet table when every row's source is), so the done set never reaches the
+    driver; finished units are dropped before the stream, so a finished run starts no engine."""
+    if not index.done:
+        return units
+    import ray
+
+    ds = units_dataset(units).map_batches(_drop_done_units, fn_kwargs={"index": index, "spec": spec},
+                                          batch_format="pyarrow", batch_size=None, num_cpus=0.1)
+    tables = ray.get(ds.to_arrow_refs())
+    return pa.concat_tables(tables) if tables else units.schema.empty_table()
+
+
+def _drop_done_units(units: pa.Table, index: ResumeIndex, spec: JobSpec) -> pa.Table:
     from connectors.sources import parquet_source_ids, stable_id
 
-    if not done:
-        return False
-    if unit["unit"] == "file":
-        return stable_id(unit["uri"]) in done
-    ids = parquet_source_ids(unit["uri"], spec.storage, spec.parquet)
-    return ids is not None and all(i in done for i in ids)
+    done = []
+    for unit, uri in zip(units.column("unit").to_pylist(), units.column("uri").to_pylist()):
+        ids = [stable_id(uri)] if unit == "file" else parquet_source_ids(uri, spec.storage, spec.parquet)
+        done.append(ids is not None and all(index.done_mask(pa.array(ids, pa.string())).to_pylist()))
+    return units.filter(pc.invert(pa.array(done, pa.bool_())))
 
 
-def _stage_context(spec: JobSpec, attempt: str, done: frozenset, partial: dict) -> stages.StageContext:
+def _stage_context(spec: JobSpec, attempt: str, index: ResumeIndex) -> stages.StageContext:
     return stages.StageContext(
         run_id=spec.run_id, attempt=attempt, task=spec.task, storage=spec.storage,
         limits=spec.media_limits(), parquet=spec.parquet, segmentation=spec.audio_segmentation(),
@@ -297,17 +312,16 @@ def _stage_context(spec: JobSpec, attempt: str, done: frozenset, partial: dict) 
         max_new_tokens=spec.max_new_tokens, default_tasks=prompts.default_tasks(spec.model),
         stop_token_ids=quality.checkpoint_stop_ids(spec.model), max_model_len=spec.max_model_len,
         json_schema=spec.schema_text(), seed=spec.seed, pdf_text=spec.pdf_text, geometry=spec.page_geometry(),
-        done_sources=done, done_segments=partial,
+        resume=index,
     )
 
 
 # How long an attempt waits for its engines (and other actor pools) to be placed and loaded: a
 # nightly job may wait for a GPU node to be added, but not forever.
 ENGINE_START_TIMEOUT_S = 1800
-RESUME_COLUMNS = ["source_id", "segment_index", "num_segments", "error_stage", "written_at", "attempt"]
 
 
-def stream_attempts(spec: JobSpec, layout: OutputLayout, units: list[dict], attempt: str,
+def stream_attempts(spec: JobSpec, layout: OutputLayout, units: pa.Table, attempt: str,
                     progress) -> tuple[int, stages.StageContext]:
     """The stream, attempted up to `spec.max_attempts` times; returns how many sources earlier
     invocations had finished, and the stage context the invocation started with.
@@ -332,18 +346,17 @@ def stream_attempts(spec: JobSpec, layout: OutputLayout, units: list[dict], atte
     skipped, first = 0, None
     try:
         for number in range(1, spec.max_attempts + 1):
-            previous = read_work(layout, spec, columns=RESUME_COLUMNS)
-            done, partial = resume_state(previous)
-            ctx = _stage_context(spec, attempt, done, partial)
+            index = ResumeIndex.build(spec, layout)
+            ctx = _stage_context(spec, attempt, index)
             if number == 1:
-                skipped, first = len(done), ctx
-            pending = [u for u in units if not _unit_done(u, done, spec)]
-            if number == 1 or pending:
-                progress.begin(spec, units, previous, done, partial)  # counts afresh from the work area
-            if not pending:
+                skipped, first = index.done, ctx
+            pending = pending_units(units, index, spec)
+            if number == 1 or pending.num_rows:
+                progress.begin(spec, units, index)  # counts afresh from the work area
+            if not pending.num_rows:
                 break
-            progress.say(f"[jobs] attempt {number}/{spec.max_attempts}: streaming {len(pending)} of {len(units)} "
-                         f"input units ({len(done)} sources done, {len(partial)} partly done)")
+            progress.say(f"[jobs] attempt {number}/{spec.max_attempts}: streaming {pending.num_rows} of {units.num_rows} "
+                         f"input units ({index.done} sources done, {index.partial} partly done)")
             try:
                 stream(spec, layout, ctx, pending, progress)
                 break
@@ -379,20 +392,17 @@ def _stall_error(spec: JobSpec) -> str:
             f"placed); a re-run of this run retries it")
 
 
-def _mark_unfinished(spec: JobSpec, layout: OutputLayout, units: list[dict], attempt: str, error: str,
+def _mark_unfinished(spec: JobSpec, layout: OutputLayout, units: pa.Table, attempt: str, error: str,
                      progress) -> None:
     """One error row per source the work area does not have as done (no engine: read stage only)."""
-    import ray
-
-    done, partial = resume_state(read_work(layout, spec, columns=RESUME_COLUMNS))
-    ctx = _stage_context(spec, attempt, done, partial)
-    pending = [u for u in units if not _unit_done(u, done, spec)]
-    if not pending:
+    index = ResumeIndex.build(spec, layout)
+    ctx = _stage_context(spec, attempt, index)
+    pending = pending_units(units, index, spec)
+    if not pending.num_rows:
         return
-    progress.say(f"[jobs] {len(pending)} input units unfinished after the last attempt: writing error rows "
+    progress.say(f"[jobs] {pending.num_rows} input units unfinished after the last attempt: writing error rows "
                  f"({error.split(':')[0]})")
-    ds = ray.data.from_items(pending, override_num_blocks=max(1, min(len(pending), 200)))
-    ds = ds.flat_map(stages.expand_unit, fn_kwargs={"ctx": ctx}, num_cpus=0.1)
+    ds = units_dataset(pending).flat_map(stages.expand_unit, fn_kwargs={"ctx": ctx}, num_cpus=0.1)
     ds = ds.map_batches(_unfinished_rows, fn_kwargs={"ctx": ctx, "error": error}, batch_format="pyarrow",
                         num_cpus=0.1)
     fs, work_path = resolve(layout.work, spec.storage)
@@ -432,18 +442,10 @@ def run_job(spec: JobSpec, progress=None) -> dict:
     progress.streamed()
     retry_rounds = retry.run_retry_rounds(spec, layout, ctx, infer_sources) if spec.retries else []
     finalize_started = time.time()
-    sources = finalize(spec, layout)
+    finalize(spec, layout)
     finalize_s = time.time() - finalize_started
-    new_work = read_work(layout, spec, columns=["source_id", "segment_index", "status", "attempt", "retry_round",
-                                                "text_source"])
-    new_work = new_work.filter(pc.equal(new_work.column("attempt"), attempt))
-    counts = quality.summary_counts(
-        read_published_segments(spec, layout, ["flags", "finish_reason", "text_source", "text_layer", "attempts"]),
-        sources)
-    summary = summarize(spec, layout, sources, attempt=attempt,
-                        skipped=skipped,
-                        new_work=new_work, started=started, stream_s=stream_s, finalize_s=finalize_s,
-                        quality_counts=counts, retry_rounds=retry_rounds)
+    summary = summarize(spec, layout, totals.run_totals(spec, layout, attempt), attempt=attempt, skipped=skipped,
+                        started=started, stream_s=stream_s, finalize_s=finalize_s, retry_rounds=retry_rounds)
     if spec.subtitles:  # a separate step over the finished work area (jobs/subtitles.py)
         from jobs import subtitles
 

@@ -36,9 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.sources import file_source, iter_parquet_sources
-from connectors.storage import resolve
 from jobs import quality, stages
 from jobs.spec import JobSpec
+from jobs.workarea import work_dataset
 
 TARGET_COLUMNS = ["source_id", "source_uri", "source_row", "segment_index", "status", "flags",
                   "text_source", "retry_round", "written_at"]
@@ -107,13 +107,10 @@ def run_retry_rounds(spec: JobSpec, layout, ctx: stages.StageContext, infer) -> 
     """Rounds 1..spec.retries over the work area; returns what each round did (for the summary).
     `infer(spec, layout, ctx, source_rows)`: the pipeline's decode -> infer -> write tail
     (`pipeline.infer_sources`)."""
-    import ray
-
     done = []
-    fs, work_path = resolve(layout.work, spec.storage)
     for round_index in range(1, spec.retries + 1):
         started = time.time()
-        work = ray.data.read_parquet(work_path, filesystem=fs, columns=TARGET_COLUMNS, file_extensions=["parquet"])
+        work = work_dataset(spec, layout, TARGET_COLUMNS)
         targets = (work.groupby("source_id").map_groups(_targets_of_source(round_index), batch_format="pyarrow")
                    .materialize())
         sources = targets.count()

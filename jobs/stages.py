@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -31,6 +32,9 @@ from connectors.sources import ParquetColumns, file_source, iter_parquet_sources
 from connectors.storage import StorageConfig, StorageError, read_bytes
 from jobs import quality
 from model.inputs import audio_chunks, media, pages, pdf_text, prompts
+
+if TYPE_CHECKING:  # jobs.resume imports this module (through jobs.workarea)
+    from jobs.resume import ResumeIndex
 
 ERROR_SEGMENT = -1  # segment_index of a source that failed before it had segments
 # `__inference_error__` value of a segment whose text needs no engine call (a PDF page's usable text
@@ -65,10 +69,9 @@ class StageContext:
     default_tasks: dict = dataclasses.field(default_factory=lambda: dict(prompts.DEFAULT_TASKS))
     # The checkpoint's page size rules (image processor settings + budget), resolved on the driver.
     geometry: pages.PageGeometry = pages.PageGeometry()
-    # Resume state: sources finished in earlier invocations, and finished segments of sources
-    # that were only partly done.
-    done_sources: frozenset = frozenset()
-    done_segments: dict = dataclasses.field(default_factory=dict)
+    # Resume state (`jobs.resume.ResumeIndex`, in the object store): sources finished in earlier
+    # invocations, and finished segments of sources that were only partly done. None: nothing done.
+    resume: ResumeIndex | None = None
     # What the checkpoint declares about long audio (its window and packing).
     audio: audio_chunks.CheckpointAudio = audio_chunks.CheckpointAudio()
 
@@ -81,7 +84,7 @@ def expand_unit(unit: dict, ctx: StageContext) -> Iterator[dict]:
     rows = ([file_source(unit["uri"])] if unit["unit"] == "file"
             else iter_parquet_sources(unit["uri"], ctx.storage, ctx.parquet))
     for row in rows:
-        if row["source_id"] not in ctx.done_sources:
+        if ctx.resume is None or not ctx.resume.is_done(row["source_id"]):
             yield row
 
 
@@ -124,7 +127,7 @@ def decode_source(source: dict, ctx: StageContext) -> Iterator[dict]:
     except Exception as exc:  # noqa: BLE001 - e.g. a malformed URI in a Parquet row
         yield _request(source, error=f"cannot read {source['source_uri']}: {exc}", error_stage="read")
         return
-    skip = ctx.done_segments.get(source["source_id"], ())
+    skip = ctx.resume.finished_segments(source["source_id"]) if ctx.resume is not None else ()
     only = source.get("retry_segments")  # a retry pass: just these segments
     only = None if only is None else frozenset(int(i) for i in only)
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from connectors.storage import resolve
 from jobs import stages
+from jobs.workarea import work_dataset
 from model.inputs import audio_chunks, subtitles
 
 RESULT_SCHEMA = pa.schema([("source_id", pa.string()), ("uri", pa.string()), ("cues", pa.int32())])
@@ -52,8 +53,6 @@ def render_source(rows: list[dict], fmt: str, *, strict: bool = False) -> tuple[
 
 def write(spec, layout) -> dict:
     """Write the run's subtitle files; returns {"format", "directory", "files"}."""
-    import ray
-
     fmt, storage, target, strict = spec.subtitles, spec.storage, directory(spec, layout), spec.strict
 
     def write_group(group: pa.Table) -> pa.Table:
@@ -70,7 +69,6 @@ def write(spec, layout) -> dict:
         return pa.Table.from_pylist([{"source_id": source["source_id"], "uri": uri, "cues": cues}],
                                     schema=RESULT_SCHEMA)
 
-    fs, work_path = resolve(layout.work, storage)
-    work = ray.data.read_parquet(work_path, filesystem=fs, partitioning=None)
+    work = work_dataset(spec, layout)
     written = work.groupby("source_id").map_groups(write_group, batch_format="pyarrow")
     return {"format": fmt, "directory": target, "files": written.count()}

@@ -95,19 +95,70 @@ def read_work_file(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Tabl
 
 
 def read_work(layout: OutputLayout, spec: JobSpec, columns: list[str] | None = None) -> pa.Table:
-    """All work rows of the run (these WORK_SCHEMA columns), see `read_work_file`: files cut short
-    by a kill are deleted, files of an older version of the job are read (missing columns null or
-    OLDER_WORK_DEFAULTS), never dropped."""
-    schema = stages.WORK_SCHEMA if columns is None else pa.schema([stages.WORK_SCHEMA.field(c) for c in columns])
+    """All work rows of the run in this process (tests, small tools; the job itself reads the work
+    area on the cluster with `work_dataset`). See `read_work_file`."""
+    schema = _schema(columns)
     tables = [t for fs, path in _list_parquet(layout.work, spec.storage)
               if (t := read_work_file(fs, path, schema)) is not None]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _schema(columns: list[str] | None) -> pa.Schema:
+    return stages.WORK_SCHEMA if columns is None else pa.schema([stages.WORK_SCHEMA.field(c) for c in columns])
+
+
+# -- the work area on the cluster -------------------------------------------------------------------
+
+# Work files per read task. A work file is one block the stream wrote (about batch_size rows), so a
+# read task holds some thousand small rows.
+FILES_PER_READ = 64
+
+
+def work_files(spec: JobSpec, layout: OutputLayout) -> list[str]:
+    """Paths of the run's work files. The driver's one per-file list: about sources x segments /
+    batch_size paths (1M two-page sources at batch 16: 125k paths, about 15 MB)."""
+    return [path for _, path in _list_parquet(layout.work, spec.storage)]
+
+
+def shuffle_partitions(files: int) -> int:
+    """Partitions for grouping the work area by source: about 20k work rows each (a thousand work
+    files), at most 64."""
+    return max(1, min(64, files // 1000 + 1))
+
+
+def work_dataset(spec: JobSpec, layout: OutputLayout, columns: list[str] | None = None,
+                 paths: list[str] | None = None):
+    """The run's work rows (these WORK_SCHEMA columns) as a Ray Dataset read on the cluster.
+
+    Why not `ray.data.read_parquet`: a work file cut short by a kill must be deleted and skipped (the
+    reader fails the whole dataset on it), and a file an older version of the job wrote must read
+    with its absent columns at their OLDER_WORK_DEFAULTS (the reader would fail, or give nulls that
+    mean something else). So the listing is split into chunks of FILES_PER_READ paths and each read
+    task applies `read_work_file` to its chunk.
+    """
+    import ray
+
+    schema = _schema(columns)
+    paths = work_files(spec, layout) if paths is None else paths
+    if not paths:
+        return ray.data.from_arrow(schema.empty_table())
+    listing = pa.table({"path": paths})
+    chunks = [listing.slice(i, FILES_PER_READ) for i in range(0, len(paths), FILES_PER_READ)]
+    return ray.data.from_arrow(chunks).map_batches(
+        _read_chunk, fn_kwargs={"work_uri": layout.work, "storage": spec.storage, "schema": schema},
+        batch_size=None, batch_format="pyarrow")
+
+
+def _read_chunk(listing: pa.Table, work_uri: str, storage, schema: pa.Schema) -> pa.Table:
+    fs, _ = resolve(work_uri, storage)
+    tables = [t for path in listing.column("path").to_pylist() if (t := read_work_file(fs, path, schema)) is not None]
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def source_states(work: pa.Table) -> pa.Table:
     """The resume rule, vectorized with Arrow over work rows (source_id, segment_index,
     num_segments, error_stage): one row per source that is done or partly done, (source_id, done,
-    finished segment indexes). No Python object per work row.
+    finished segment indexes, expected segment count). No Python object per work row.
 
     Done: a final error (a failure marker whose stage is not in RETRIED_ERROR_STAGES, which a
     re-run retries), or every one of its `num_segments` segments present. Partly done: some
@@ -130,7 +181,8 @@ def source_states(work: pa.Table) -> pa.Table:
                   pc.and_(pc.greater(expected, 0), pc.greater_equal(present, expected)))
     keep = pc.or_(done, pc.greater(present, 0))
     return pa.table({"source_id": grouped.column("source_id"), "done": done,
-                     "segments": grouped.column("segment_distinct").cast(pa.list_(pa.int32()))}).filter(keep)
+                     "segments": grouped.column("segment_distinct").cast(pa.list_(pa.int32())),
+                     "expected": expected}).filter(keep)
 
 
 def resume_state(work: pa.Table) -> tuple[frozenset, dict[str, set[int]]]:
@@ -145,12 +197,11 @@ def resume_state(work: pa.Table) -> tuple[frozenset, dict[str, set[int]]]:
 # -- finalize ---------------------------------------------------------------------------------------
 
 
-def finalize(spec: JobSpec, layout: OutputLayout) -> pa.Table:
-    """Group the work area by source into the output tables; return the sources table (no text)."""
-    import ray
-
-    work = read_work(layout, spec)
-    if work.num_rows == 0:
+def finalize(spec: JobSpec, layout: OutputLayout) -> None:
+    """Group the work area by source into the output tables, on the cluster: Ray Data reads the work
+    files, groups them by source and writes staged files, which then replace this run's files in
+    the run-date partition. The driver lists files and moves them; it holds no row."""
+    if not work_files(spec, layout):
         raise RuntimeError("nothing was processed: the work area is empty")
     strict = spec.strict
 
@@ -163,14 +214,12 @@ def finalize(spec: JobSpec, layout: OutputLayout) -> pa.Table:
 
         return fn
 
-    # The work table is already in driver memory here (resume needed it); Ray Data spreads the
-    # grouping and the Parquet writing over the cluster.
-    partitions = max(1, min(64, work.num_rows // 20_000 + 1))
-    work_ds = ray.data.from_arrow(work)
+    # One scan of the work area per output table (two in all) instead of holding it anywhere.
     for kind, target in (("source", layout.sources), ("segment", layout.segments)):
+        paths = work_files(spec, layout)  # listed again: the first scan deletes files cut short by a kill
         staging = f"{layout.staging}/{kind}-{uuid.uuid4().hex[:8]}"
         fs, staging_path = resolve(staging, spec.storage)
-        (work_ds.groupby("source_id", num_partitions=partitions)
+        (work_dataset(spec, layout, paths=paths).groupby("source_id", num_partitions=shuffle_partitions(len(paths)))
          .map_groups(_assemble(kind), batch_format="pyarrow")
          .write_parquet(staging_path, filesystem=fs, min_rows_per_file=50_000))
         _publish(spec, staging, target, layout.run_id)
@@ -179,14 +228,6 @@ def finalize(spec: JobSpec, layout: OutputLayout) -> pa.Table:
         sfs.delete_dir(staging_root)
     except OSError:
         pass
-    fs, path = resolve(layout.sources, spec.storage)
-    files = [p for _, p in _list_parquet(layout.sources, spec.storage) if os.path.basename(p).startswith(f"{layout.run_id}_")]
-    cols = [c for c in stages.SOURCE_SCHEMA.names if c != "text"]
-    tables = []
-    for p in files:
-        with fs.open_input_file(p) as h:
-            tables.append(pq.read_table(h, columns=cols))
-    return pa.concat_tables(tables) if tables else pa.schema([stages.SOURCE_SCHEMA.field(c) for c in cols]).empty_table()
 
 
 def _publish(spec: JobSpec, staging: str, target: str, run_id: str) -> None:
@@ -201,13 +242,15 @@ def _publish(spec: JobSpec, staging: str, target: str, run_id: str) -> None:
         fs.move(path, f"{target_path}/{run_id}_{index:05d}.parquet")
 
 
-def read_published_segments(spec: JobSpec, layout: OutputLayout, columns: list[str]) -> pa.Table:
-    """Columns of this run's published segments/ files (the summary's output-check counts)."""
-    tables = []
-    for fs, path in _list_parquet(layout.segments, spec.storage):
-        if os.path.basename(path).startswith(f"{layout.run_id}_"):
-            with fs.open_input_file(path) as handle:
-                tables.append(pq.read_table(handle, columns=columns))
-    if not tables:
-        return pa.schema([stages.SEGMENT_SCHEMA.field(c) for c in columns]).empty_table()
-    return pa.concat_tables(tables)
+def published_dataset(spec: JobSpec, layout: OutputLayout, table: str, columns: list[str]):
+    """This run's published `sources` or `segments` files (these columns) as a Ray Dataset."""
+    import ray
+
+    target = layout.sources if table == "sources" else layout.segments
+    schema = stages.SOURCE_SCHEMA if table == "sources" else stages.SEGMENT_SCHEMA
+    listed = [(fs, p) for fs, p in _list_parquet(target, spec.storage)
+              if os.path.basename(p).startswith(f"{layout.run_id}_")]
+    if not listed:
+        return ray.data.from_arrow(pa.schema([schema.field(c) for c in columns]).empty_table())
+    return ray.data.read_parquet([p for _, p in listed], filesystem=listed[0][0], columns=columns,
+                                 partitioning=None)

@@ -13,6 +13,7 @@ import pyarrow as pa
 from connectors.sources import ParquetColumns, file_source
 from connectors.storage import StorageConfig
 from jobs import samples, stages
+from jobs.resume import ResumeIndex
 from jobs.workarea import resume_state
 from model.inputs import audio_chunks, media, pages
 from model.inputs.audio_chunks import Segmentation
@@ -72,7 +73,7 @@ def test_decode_skips_finished_segments_of_partial_sources(tmp_path):
     tiff = tmp_path / "d.tiff"
     tiff.write_bytes(samples.tiff_doc(["a", "b", "c"]))
     source = file_source(str(tiff))
-    rows = list(stages.decode_source(source, ctx(done_segments={source["source_id"]: {0, 2}})))
+    rows = list(stages.decode_source(source, ctx(resume=ResumeIndex.of(partial={source["source_id"]: {0, 2}}))))
     assert [r["segment_index"] for r in rows] == [1]
 
 

@@ -111,3 +111,50 @@ def test_work_files_of_an_older_job_are_read_a_cut_file_is_removed_a_foreign_one
     with pytest.raises(RuntimeError, match="does not fit the work schema"):
         read_work(layout, spec)
     assert (work / "foreign.parquet").exists()
+
+
+def test_resume_index_finalize_and_totals_run_on_the_cluster(tmp_path, ray_local):
+    """The job's cluster-side reads of the work area (jobs.resume, finalize, jobs.totals) agree with
+    the in-process rules on a work area spread over many files, one of them cut short by a kill."""
+    from jobs.resume import ResumeIndex
+    from jobs.totals import run_totals
+    from jobs.workarea import finalize
+
+    spec = JobSpec(inputs=[str(tmp_path)], output=str(tmp_path / "out"), model="none", run_id="r1",
+                   run_date="2026-11-22")
+    layout = OutputLayout(spec)
+    work = tmp_path / "out/_work/r1/segments"
+    work.mkdir(parents=True)
+    rows = _random_work(3, sources=120)
+    for i in range(0, len(rows), 25):
+        pq.write_table(pa.Table.from_pylist(rows[i:i + 25], schema=stages.WORK_SCHEMA), work / f"w{i:04d}.parquet")
+    cut = pa.Table.from_pylist([_work("lost", 0, 1, 9.0)], schema=stages.WORK_SCHEMA)
+    pq.write_table(cut, work / "cut.parquet")
+    (work / "cut.parquet").write_bytes((work / "cut.parquet").read_bytes()[:-40])
+    table = pa.Table.from_pylist(rows, schema=stages.WORK_SCHEMA)
+    done, partial = _row_by_row_rule(table)
+
+    index = ResumeIndex.build(spec, layout)
+    assert not (work / "cut.parquet").exists() and not index.is_done("lost")
+    assert (index.done, index.partial) == (len(done), len(partial)) and index.local is None and index.refs
+    assert all(index.is_done(s) for s in done) and not any(index.is_done(s) for s in partial)
+    assert {s: index.finished_segments(s) for s in partial} == partial
+    ids = sorted({r["source_id"] for r in rows})
+    assert index.done_mask(pa.array(ids)).to_pylist() == [s in done for s in ids]
+
+    finalize(spec, layout)
+    by_source: dict[str, list] = {}
+    for row in rows:
+        by_source.setdefault(row["source_id"], []).append(row)
+    assembled = [stages.assemble_source(group) for group in by_source.values()]
+    got = run_totals(spec, layout, "a1")
+    errors = sum(source["status"] != "ok" for source, _ in assembled)
+    assert got["sources"]["total"] == len(by_source) and got["sources"]["error"] == errors
+    assert got["sources"]["segments"] == sum(source["num_segments"] for source, _ in assembled)
+    assert got["sources"]["tokens"]["output"] == sum(source["output_tokens"] for source, _ in assembled)
+    assert len(got["sources"]["errors_sample"]) == min(errors, 20)
+    assert got["invocation"]["sources"] == len(by_source)  # every row is attempt "a1"
+    assert got["invocation"]["segments"] == sum(r["segment_index"] >= 0 for r in rows)
+    assert got["quality"]["finish_reason"] == {} and set(got["quality"]["flags"]) == {"truncated", "repetitive",
+                                                                                       "invalid_json"}
+    assert run_totals(spec, layout, "other")["invocation"]["sources"] == 0

@@ -137,7 +137,7 @@ def _attempts(tmp_path, monkeypatch, outcomes, **spec_kw):
     monkeypatch.setattr(failures, "release_actor_pools", lambda: 2)
     monkeypatch.setattr(pipeline, "_stage_context", lambda *a: object())
     progress = _Progress()
-    units = [{"unit": "file", "uri": str(tmp_path / "in" / f"p{i}.png")} for i in range(3)]
+    units = pa.table({"unit": ["file"] * 3, "uri": [str(tmp_path / "in" / f"p{i}.png") for i in range(3)]})
     result = pipeline.stream_attempts(spec, OutputLayout(spec), units, "a1", progress)
     return result, calls, progress
 
