@@ -246,8 +246,14 @@ def _open_pdf(data: bytes):
         return pdfium.PdfDocument(data)
     except pdfium.PdfiumError as exc:
         text = str(exc).lower()
+        # pdfium's last-error code is per thread and not every failed open sets it: a file rejected
+        # for another reason (a page tree with /Count 0) after an encrypted one in the same worker
+        # reports the stale "password" error. An encrypted PDF has an /Encrypt entry in its trailer.
         if "password" in text or "security" in text:
-            raise MediaError("the PDF is encrypted (password protected); provide an unlocked copy") from None
+            if b"/Encrypt" in data:
+                raise MediaError("the PDF is encrypted (password protected); provide an unlocked copy") from None
+            raise MediaError("the PDF is corrupt and cannot be opened (pdfium could not load its structure, "
+                             "e.g. a page tree with no pages); re-export it") from None
         raise MediaError(f"the PDF is corrupt and cannot be opened ({exc}); re-export it") from None
 
 

@@ -114,3 +114,17 @@ def test_audio_empty_and_nan_are_errors():
     bad[5] = np.nan
     with pytest.raises(MediaError, match="NaN"):
         decode(samples.wav_bytes(bad, 16000, subtype="FLOAT"), "n.wav")
+
+
+def test_a_broken_pdf_after_an_encrypted_one_is_not_called_encrypted():
+    """pdfium's last error is per thread and a failed open does not always set it: a PDF rejected for
+    another reason right after an encrypted one must not inherit its "password" error."""
+    from model.inputs import media
+    from tests.reliability import corpus
+
+    for _ in range(2):
+        with pytest.raises(MediaError, match=r"encrypted \(password protected\)"):
+            media._open_pdf(corpus.encrypted_pdf())
+        with pytest.raises(MediaError, match=r"PDF is corrupt") as info:
+            media._open_pdf(corpus.zero_page_pdf())
+        assert "password" not in str(info.value)
