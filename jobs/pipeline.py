@@ -10,13 +10,17 @@ Two phases per invocation:
    to the run's work area `<output>/_work/<run_id>/segments/` as Parquet files.
 2. **Finalize** (`jobs.workarea`): the work area is grouped by source (Ray Data groupby) into exactly one `sources/`
    row per input and one `segments/` row per page/chunk, written to the run-date partition, and the
-   run summary JSON is written beside them.
+   run summary JSON (counts reduced on the cluster, `jobs.totals`) is written beside them.
+
+The driver holds no row per source: it lists the inputs (an Arrow table of URIs) and the work files,
+and keeps ObjectRefs and counts; resume state, finalize and totals run as Ray Data tasks.
 
 Resume / idempotence (instead of `ray.data.checkpoint`): Ray Data's checkpointing records an id as
 done when *a* block containing it is written. Here one source fans out into many segments that land
 in different blocks, so a kill between two blocks would mark a half-done PDF as done and lose pages.
 The work area is the checkpoint instead: before streaming, its rows say which sources are complete
-(all `num_segments` present, or a final error) and which segments of partly done sources exist;
+(all `num_segments` present, or a final error) and which segments of partly done sources exist
+(`jobs.resume.ResumeIndex`, reduced on the cluster and kept in the object store);
 those are filtered out before fetching/decoding/inference, so nothing finished is recomputed.
 Finalize rebuilds this run's files in the partition from the work area (replacing any earlier
 ones of the same run id), so re-running a finished run, or the same nightly date, writes the same

@@ -2,11 +2,12 @@
 
 The work area `<output>/_work/<run_id>/segments/` holds one *work row* per finished page/chunk (or
 one error row per failed source), appended as Parquet files while the job streams. It is the job's
-checkpoint: `read_work` + `resume_state` say which sources are complete and which segments of
-partly done sources exist, so a resumed run recomputes nothing finished. `finalize` groups it by
-source into exactly one `sources/` row per input and one `segments/` row per page/chunk in the
-run-date partition, replacing any earlier files of the same run id (`_publish`), so re-running a
-run never duplicates rows.
+checkpoint: `jobs.resume.ResumeIndex` reduces it (on the cluster) to which sources are complete and
+which segments of partly done sources exist, so a resumed run recomputes nothing finished.
+`finalize` groups it by source (Ray Data, on the cluster) into exactly one `sources/` row per input
+and one `segments/` row per page/chunk in the run-date partition, replacing any earlier files of
+the same run id (`_publish`), so re-running a run never duplicates rows. The driver lists files and
+moves them; it never holds the work rows (`read_work` does, for tests and small tools).
 """
 
 from __future__ import annotations

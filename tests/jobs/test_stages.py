@@ -231,3 +231,31 @@ def test_pdf_text_modes_in_the_decode_stage(tmp_path):
     # A retry of page 2 only: page 1's layer is not emitted again.
     retry = list(stages.decode_source({**source, "retry_segments": [1], "retry_round": 1}, ctx(pdf_text="prefer")))
     assert [(r["segment_index"], r["retry_round"]) for r in retry] == [(1, 1)]
+
+
+def test_a_1000_frame_tiff_streams_page_by_page_with_flat_memory(tmp_path, monkeypatch):
+    """Each request leaves decode as its frame is prepared (the first after one frame, not after the
+    file), and the decode task's own memory stays flat over 1,000 frames: it keeps no frame's bitmap
+    (320x420 RGB, 0.4 MB each: 400 MB over the file if kept) and no earlier request."""
+    frames = 1000
+    tiff = tmp_path / "book.tiff"
+    tiff.write_bytes(samples.tiff_doc([f"page {i}" for i in range(frames)]))
+    prepared = []
+    real = pages._prepare_frame
+    monkeypatch.setattr(pages, "_prepare_frame", lambda *a, **kw: prepared.append(1) or real(*a, **kw))
+
+    def private_mib() -> float:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("RssAnon:"))
+
+    rows = stages.decode_source(file_source(str(tiff)), ctx(geometry=pages.PageGeometry(70)))
+    first = next(rows)
+    assert first["page"] == 1 and first["num_segments"] == frames and len(prepared) == 1
+    seen, memory = 1, {}
+    for row in rows:
+        assert row["error"] is None and row["page"] == seen + 1
+        seen += 1
+        if seen in (100, frames):
+            memory[seen] = private_mib()
+    assert seen == frames and len(prepared) == frames
+    assert memory[frames] - memory[100] < 40, memory  # frames 100..1000: 360 MB of bitmaps if kept
