@@ -1,9 +1,10 @@
 """Benchmark the driver's cost of a run's end (resume state, finalize, summary totals) as runs grow.
 
-    python -m bench.finalize_scale [--sources 10000,100000,1000000] [--paths old,new] [--keep DIR]
+    python -m bench.finalize_scale [--sources 10000,100000,1000000] [--paths old,new] [--steps resume,finalize]
+                                   [--keep DIR]
 
 For each size, a synthetic work area like the job writes (2 segments per source, 2 KB of text each,
-2,000 work rows per file; written once, by a helper process) goes through two contenders, each in
+500 output token ids, 2,000 work rows per file; written once, kept with --keep) goes through two contenders, each in
 a fresh process with its own local Ray instance (4 logical CPUs), so each driver's peak RSS
 (`ru_maxrss`) is its own:
 
@@ -32,6 +33,7 @@ import time
 
 ROWS_PER_FILE = 2000
 TEXT_BYTES = 2048
+TOKENS = 500  # output token ids per segment (what 2 KB of text is, roughly)
 SEGMENTS = 2
 RUN_ID = "bench"
 
@@ -56,6 +58,7 @@ def make_work_area(root: pathlib.Path, sources: int) -> None:
     rng = np.random.default_rng(0)
     alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     ", np.uint8)
     texts = [alphabet[rng.integers(0, len(alphabet), TEXT_BYTES)].tobytes().decode() for _ in range(64)]
+    tokens = [rng.integers(0, 32000, TOKENS).tolist() for _ in range(64)]
     rows_total = sources * SEGMENTS
     for number, start in enumerate(range(0, rows_total, ROWS_PER_FILE)):
         n = min(ROWS_PER_FILE, rows_total - start)
@@ -70,8 +73,13 @@ def make_work_area(root: pathlib.Path, sources: int) -> None:
             "page": pa.array(idx % SEGMENTS + 1, pa.int32()),
             "status": pa.array(["ok"] * n),
             "text": pa.array([texts[i % 64] for i in idx]),
-            "input_tokens": pa.array(np.full(n, 300), pa.int64()),
-            "output_tokens": pa.array(np.full(n, 500), pa.int64()),
+            "output_token_ids": pa.array([tokens[i % 64] for i in idx], pa.list_(pa.int32())),
+            "input_tokens": pa.array(np.full(n, 300), pa.int32()),
+            "output_tokens": pa.array(np.full(n, TOKENS), pa.int32()),
+            "source_bytes": pa.array(np.full(n, 250_000), pa.int64()),
+            "decode_s": pa.array(np.full(n, 0.05)), "infer_s": pa.array(np.full(n, 0.5)),
+            "finish_reason": pa.array(["stop"] * n), "flags": pa.array([[]] * n, pa.list_(pa.string())),
+            "text_source": pa.array(["model"] * n), "retry_round": pa.array(np.zeros(n), pa.int32()),
             "run_id": pa.array([RUN_ID] * n), "attempt": pa.array(["a1"] * n),
             "written_at": pa.array(np.full(n, 1.0)),
         }
@@ -122,23 +130,27 @@ def _old(spec, layout) -> dict:
             "partial": len(partial), "sources": len(rows), "new_sources": len(set(new.column("source_id").to_pylist()))}
 
 
-def _new(spec, layout) -> dict:
+def _new(spec, layout, steps=("resume", "finalize")) -> dict:
     from jobs.resume import ResumeIndex
     from jobs.totals import run_totals
     from jobs.workarea import finalize
 
-    started = time.perf_counter()
-    index = ResumeIndex.build(spec, layout)
-    resume_s = time.perf_counter() - started
-    started = time.perf_counter()
-    finalize(spec, layout)
-    totals = run_totals(spec, layout, "a1")
-    return {"resume_s": resume_s, "finalize_s": time.perf_counter() - started, "done": index.done,
-            "partial": index.partial, "sources": totals["sources"]["total"],
-            "new_sources": totals["invocation"]["sources"]}
+    out = {}
+    if "resume" in steps:
+        started = time.perf_counter()
+        index = ResumeIndex.build(spec, layout)
+        out.update(resume_s=time.perf_counter() - started, done=index.done, partial=index.partial)
+        del index
+    if "finalize" in steps:
+        started = time.perf_counter()
+        finalize(spec, layout)
+        totals = run_totals(spec, layout, "a1")
+        out.update(finalize_s=time.perf_counter() - started, sources=totals["sources"]["total"],
+                   new_sources=totals["invocation"]["sources"])
+    return out
 
 
-def contender(root: str, path: str) -> None:
+def contender(root: str, path: str, steps: str) -> None:
     """One contender in this (fresh) process; prints its figures as JSON."""
     import ray
 
@@ -148,7 +160,7 @@ def contender(root: str, path: str) -> None:
     layout = OutputLayout(spec)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = (_old if path == "old" else _new)(spec, layout)
+    result = _old(spec, layout) if path == "old" else _new(spec, layout, steps.split(","))
     result["driver_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["driver_rss_at_ray_start_mib"] = round(before / 1024, 1)
     ray.shutdown()
@@ -160,7 +172,8 @@ def main() -> None:
     parser.add_argument("--sources", default="10000,100000,1000000")
     parser.add_argument("--paths", default="old,new")
     parser.add_argument("--keep", help="directory for the work areas (default: a temporary one)")
-    parser.add_argument("--contender", nargs=2, metavar=("ROOT", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--steps", default="resume,finalize", help="steps of the new path (old: always both)")
+    parser.add_argument("--contender", nargs=3, metavar=("ROOT", "PATH", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.contender:
         contender(*args.contender)
@@ -175,7 +188,7 @@ def main() -> None:
             print(f"[bench] {sources} sources: work area written in {time.perf_counter() - started:.0f} s", flush=True)
         row = {"sources": sources}
         for path in args.paths.split(","):
-            out = subprocess.run([sys.executable, "-m", "bench.finalize_scale", "--contender", str(root), path],
+            out = subprocess.run([sys.executable, "-m", "bench.finalize_scale", "--contender", str(root), path, args.steps],
                                  capture_output=True, text=True, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
             line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:

@@ -202,7 +202,8 @@ def finalize(spec: JobSpec, layout: OutputLayout) -> None:
     """Group the work area by source into the output tables, on the cluster: Ray Data reads the work
     files, groups them by source and writes staged files, which then replace this run's files in
     the run-date partition. The driver lists files and moves them; it holds no row."""
-    if not work_files(spec, layout):
+    paths = work_files(spec, layout)
+    if not paths:
         raise RuntimeError("nothing was processed: the work area is empty")
     strict = spec.strict
 
@@ -215,15 +216,16 @@ def finalize(spec: JobSpec, layout: OutputLayout) -> None:
 
         return fn
 
-    # One scan of the work area per output table (two in all) instead of holding it anywhere.
+    # One scan of the work area, kept in the object store (which spills to disk) for both tables.
+    work = work_dataset(spec, layout, paths=paths).materialize()
     for kind, target in (("source", layout.sources), ("segment", layout.segments)):
-        paths = work_files(spec, layout)  # listed again: the first scan deletes files cut short by a kill
         staging = f"{layout.staging}/{kind}-{uuid.uuid4().hex[:8]}"
         fs, staging_path = resolve(staging, spec.storage)
-        (work_dataset(spec, layout, paths=paths).groupby("source_id", num_partitions=shuffle_partitions(len(paths)))
+        (work.groupby("source_id", num_partitions=shuffle_partitions(len(paths)))
          .map_groups(_assemble(kind), batch_format="pyarrow")
          .write_parquet(staging_path, filesystem=fs, min_rows_per_file=50_000))
         _publish(spec, staging, target, layout.run_id)
+    del work
     sfs, staging_root = resolve(layout.staging, spec.storage)
     try:
         sfs.delete_dir(staging_root)
