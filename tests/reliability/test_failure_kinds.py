@@ -118,6 +118,8 @@ class _Progress:
 def _attempts(tmp_path, monkeypatch, outcomes, **spec_kw):
     """jobs.pipeline.stream_attempts over an empty work area with a stand-in stream that raises
     each of `outcomes` in turn (None: the attempt succeeds). No Ray cluster is started."""
+    import pyarrow as pa
+
     from jobs import failures, pipeline
     from jobs.spec import JobSpec
     from jobs.workarea import OutputLayout
