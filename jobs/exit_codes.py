@@ -5,7 +5,7 @@ outcome, so a nightly scheduler can tell a broken command from a bad night.
 | ---: | --- |
 | 0 | success: the run finished and its error rate is within `--error-threshold` |
 | 1 | job failure: the run did not finish (an exception, the engine or the cluster failed, the Ray job ended FAILED or STOPPED, `jobs.submit --timeout` ran out) |
-| 2 | usage or configuration error: a mistyped flag, a missing or invalid setting, an unreadable spec file, inputs that match nothing; nothing was run |
+| 2 | usage or configuration error: a mistyped flag, a missing or invalid setting, an unreadable spec file, inputs that match nothing, a local output that cannot be written, a model path that is not a checkpoint; nothing was run |
 | 3 | threshold exceeded: the run finished and wrote its tables and summary, but more than `--error-threshold` of its sources are error rows |
 | 130 | interrupted (Ctrl-C) |
 
