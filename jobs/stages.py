@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -32,9 +31,6 @@ from connectors.sources import ParquetColumns, file_source, iter_parquet_sources
 from connectors.storage import StorageConfig, StorageError, read_bytes
 from jobs import quality
 from model.inputs import audio_chunks, media, pages, pdf_text, prompts
-
-if TYPE_CHECKING:  # jobs.resume imports this module (through jobs.workarea)
-    from jobs.resume import ResumeIndex
 
 ERROR_SEGMENT = -1  # segment_index of a source that failed before it had segments
 # `__inference_error__` value of a segment whose text needs no engine call (a PDF page's usable text
@@ -71,7 +67,8 @@ class StageContext:
     geometry: pages.PageGeometry = pages.PageGeometry()
     # Resume state (`jobs.resume.ResumeIndex`, in the object store): sources finished in earlier
     # invocations, and finished segments of sources that were only partly done. None: nothing done.
-    resume: ResumeIndex | None = None
+    # (Typed loosely: jobs.resume imports this module through jobs.workarea.)
+    resume: object | None = None
     # What the checkpoint declares about long audio (its window and packing).
     audio: audio_chunks.CheckpointAudio = audio_chunks.CheckpointAudio()
 
