@@ -304,7 +304,8 @@ def _drop_done_units(units: pa.Table, index: ResumeIndex, spec: JobSpec) -> pa.T
     done = []
     for unit, uri in zip(units.column("unit").to_pylist(), units.column("uri").to_pylist()):
         ids = [stable_id(uri)] if unit == "file" else parquet_source_ids(uri, spec.storage, spec.parquet)
-        done.append(ids is not None and all(index.done_mask(pa.array(ids, pa.string())).to_pylist()))
+        # is_done: a set lookup per id (done_mask would hash the whole done set on every call).
+        done.append(ids is not None and all(index.is_done(i) for i in ids))
     return units.filter(pc.invert(pa.array(done, pa.bool_())))
 
 
