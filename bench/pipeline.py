@@ -178,7 +178,7 @@ class CpuByProcess(Sampler):
 
 
 def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_tokens: int,
-                   overrides: dict) -> dict:
+                   overrides: dict, gauges_on: bool = True) -> dict:
     """One run on a local Ray instance, the job's default settings unless `overrides` says otherwise.
 
     Steady throughput comes from the completion times of the engine batches (work rows carry
@@ -201,13 +201,15 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
     # Ray's metrics agent reports every 10 s by default: too coarse for a run of seconds. Every
     # 200 ms cost the metrics agent a fifth of a core (measured), 1 s costs little and still gives
     # one sample a second.
-    ensure_ray(spec, _system_config={"metrics_report_interval_ms": 1000})
+    # `--no-gauges` leaves Ray's default (what a production run pays) and reports no occupancy.
+    ensure_ray(spec, **({"_system_config": {"metrics_report_interval_ms": 1000}} if gauges_on else {}))
     port = ray._private.worker.global_worker.node.metrics_export_port
     if os.environ.get("BENCH_DATA_STATS"):  # per-operator wall/CPU times in the log (diagnosis)
         ray.data.DataContext.get_current().enable_auto_log_stats = True
     session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
     started = time.time()
-    with EngineGauges(port, interval_s=1.0) as gauges, CpuByProcess(session_dir, interval_s=2.0) as cpu:
+    gauges = EngineGauges(port, interval_s=1.0 if gauges_on else 3600.0)
+    with gauges, CpuByProcess(session_dir, interval_s=2.0) as cpu:
         summary = run_job(spec)
     ray.shutdown()
     assert summary["sources"]["ok"] == n_items, summary["errors_sample"]
@@ -299,6 +301,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, help="pipeline rows per engine call (default: the job's)")
     p.add_argument("--max-concurrent-batches", type=int, help="default: the job's rule")
     p.add_argument("--max-num-seqs", type=int, help="default: the job's (and the same for the vllm contender)")
+    p.add_argument("--no-gauges", action="store_true",
+                   help="no engine-occupancy sampling and Ray's default metrics interval: the pipeline as a "
+                        "production run has it (the 1 s reports cost Ray's metrics agent about 0.2 core)")
     p.add_argument("--skip", nargs="*", default=[], choices=["pipeline", "vllm", "hf"])
     p.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = p.parse_args()
@@ -315,7 +320,8 @@ def main() -> None:
     if "pipeline" not in args.skip:
         overrides = {k: v for k, v in (("batch_size", args.batch_size), ("max_num_seqs", args.max_num_seqs),
                                        ("max_concurrent_batches", args.max_concurrent_batches)) if v is not None}
-        results["pipeline"] = bench_pipeline(model, tmp / "items", len(paths), args.max_new_tokens, overrides)
+        results["pipeline"] = bench_pipeline(model, tmp / "items", len(paths), args.max_new_tokens, overrides,
+                                             gauges_on=not args.no_gauges)
 
     print("\n== bench.pipeline ==")
     print(f"{len(paths)} items ({args.pages} pages, {args.clips} x 8 s clips), {args.max_new_tokens} new tokens each")

@@ -171,6 +171,12 @@ class EngineSettings:
                 "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kv_cache_gib),
                 # The default reserves one core for the front end; on small machines use them all.
                 "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+                # vLLM's CPU worker runs torch on GNU OpenMP threads bound one per core; by default
+                # they spin at every barrier, taking the core from the engine's front end, the
+                # scheduler and (in a batch job) the Ray stages that feed it. Sleeping at once
+                # measured faster for both the pipeline and a bare `LLM.chat` on 2 cores
+                # (docs/benchmarks.md, "Batch pipeline"). On a GPU node the worker does not compute on OpenMP.
+                "OMP_WAIT_POLICY": "PASSIVE",
             }
         return {}
 

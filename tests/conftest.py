@@ -15,6 +15,7 @@ import pytest
 # Engine processes read these at start; set them before anything imports vLLM.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as EngineSettings.env() sets for engines
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -99,7 +100,7 @@ def ray_local():
             num_cpus=int(os.environ.get("TEST_RAY_CPUS", "4")),
             include_dashboard=False,
             log_to_driver=True,
-            runtime_env={"env_vars": {k: os.environ[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU")}},
+            runtime_env={"env_vars": {k: os.environ[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU", "OMP_WAIT_POLICY")}},
         )
     yield ray
     ray.shutdown()

@@ -12,7 +12,7 @@ def test_cpu_rendering(tiny_checkpoint):
     assert kw["limit_mm_per_prompt"] == {"image": 4, "audio": 4, "video": 0}
     assert kw["mm_processor_kwargs"] == {"max_soft_tokens": 1120}
     assert "gpu_memory_utilization" not in kw
-    assert s.env() == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert s.env() == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_WAIT_POLICY": "PASSIVE"}
     ray_kw = s.ray_engine_kwargs()
     assert "model" not in ray_kw and ray_kw["max_model_len"] == 2048
 
