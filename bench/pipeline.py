@@ -22,6 +22,7 @@ machine are noisy, so compare ratios measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -208,8 +209,8 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
         ray.data.DataContext.get_current().enable_auto_log_stats = True
     session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
     started = time.time()
-    gauges = EngineGauges(port, interval_s=1.0 if gauges_on else 3600.0)
-    with gauges, CpuByProcess(session_dir, interval_s=2.0) as cpu:
+    gauges = EngineGauges(port, interval_s=1.0)  # never started with --no-gauges: no samples, occupancy nan
+    with gauges if gauges_on else contextlib.nullcontext(), CpuByProcess(session_dir, interval_s=2.0) as cpu:
         summary = run_job(spec)
     ray.shutdown()
     assert summary["sources"]["ok"] == n_items, summary["errors_sample"]
@@ -303,7 +304,7 @@ def main() -> None:
     p.add_argument("--max-num-seqs", type=int, help="default: the job's (and the same for the vllm contender)")
     p.add_argument("--no-gauges", action="store_true",
                    help="no engine-occupancy sampling and Ray's default metrics interval: the pipeline as a "
-                        "production run has it (the 1 s reports cost Ray's metrics agent about 0.2 core)")
+                        "production run has it (with 1 s reports Ray's metrics agent took 0.17-0.21 core in steady state)")
     p.add_argument("--skip", nargs="*", default=[], choices=["pipeline", "vllm", "hf"])
     p.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = p.parse_args()
