@@ -113,12 +113,15 @@ class CpuByProcess(Sampler):
     """Cumulative CPU seconds of this Ray session's processes, grouped by process title (Ray names
     its workers after the operator they run: `ray::MapWorker(MapBatches(ChatTemplateUDF))`; vLLM its
     engine processes `VLLM::EngineCore`, `VLLM::Worker...`), sampled every `interval_s`. The deltas
-    over the steady state say where the cores went."""
+    over the steady state say where the cores went. A task worker is named `ray::IDLE` between
+    tasks, so a pid is counted under the last other title it had in the window. The machine's own
+    counters (`psutil.cpu_times`) are sampled too: what the processes do not account for is there."""
 
     def __init__(self, session_dir: str, interval_s: float = 1.0):
         super().__init__(interval_s)
         self.session_dir = session_dir
         self.snapshots: list[tuple[float, dict[int, tuple[str, float]]]] = []
+        self.machine: list[tuple[float, object]] = []
 
     def _roots(self):
         import psutil
@@ -161,7 +164,9 @@ class CpuByProcess(Sampler):
                     snapshot[proc.pid] = (self._group(proc), times.user + times.system)
                 except psutil.Error:
                     continue
-        self.snapshots.append((time.time(), snapshot))
+        now = time.time()
+        self.snapshots.append((now, snapshot))
+        self.machine.append((now, psutil.cpu_times()))
 
     def cores_between(self, start: float, end: float) -> dict[str, float]:
         """Cores used per process group between two times (CPU seconds / wall seconds)."""
@@ -169,13 +174,24 @@ class CpuByProcess(Sampler):
         after = min(self.snapshots, key=lambda s: abs(s[0] - end), default=None)
         if before is None or after is None or after[0] <= before[0]:
             return {}
+        window = [snap for t, snap in self.snapshots if before[0] <= t <= after[0]]
         out: dict[str, float] = {}
         for pid, (group, cpu) in after[1].items():
-            if group == "ray::IDLE":
-                continue
+            seen = [snap[pid][0] for snap in window if pid in snap and snap[pid][0] not in ("ray::IDLE", "?")]
+            group = seen[-1] if seen else group
             used = cpu - before[1].get(pid, (group, 0.0))[1]
             out[group] = out.get(group, 0.0) + used / (after[0] - before[0])
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def machine_between(self, start: float, end: float) -> dict[str, float]:
+        """The whole machine's cores by kind (user, nice, system, idle, ...) between two times."""
+        before = min(self.machine, key=lambda s: abs(s[0] - start), default=None)
+        after = min(self.machine, key=lambda s: abs(s[0] - end), default=None)
+        if before is None or after is None or after[0] <= before[0]:
+            return {}
+        wall = after[0] - before[0]
+        return {k: round((getattr(after[1], k) - getattr(before[1], k)) / wall, 2)
+                for k in after[1]._fields if getattr(after[1], k) - getattr(before[1], k) > 0.01 * wall}
 
 
 def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_tokens: int,
@@ -238,6 +254,7 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
         "occupancy": occupancy["running"] / max_num_seqs,
         "occupancy_samples": occupancy["samples"],
         "cores_in_steady_state": cpu.cores_between(done[0], steady_end),
+        "machine_cores_in_steady_state": cpu.machine_between(done[0], steady_end),
     }
 
 
@@ -352,6 +369,8 @@ def main() -> None:
               f"{r['concurrent_batches']} in flight")
         print("cores used in steady state: " + ", ".join(f"{k} {v:.2f}" for k, v in r["cores_in_steady_state"].items()
                                                      if v >= 0.01))
+        machine = r["machine_cores_in_steady_state"]
+        print(f"machine in steady state ({os.cpu_count()} cores): " + ", ".join(f"{k} {v:.2f}" for k, v in machine.items()))
     results["ratios"] = ratios
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
