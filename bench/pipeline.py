@@ -120,8 +120,8 @@ class CpuByProcess(Sampler):
     def __init__(self, session_dir: str, interval_s: float = 1.0):
         super().__init__(interval_s)
         self.session_dir = session_dir
-        self.snapshots: list[tuple[float, dict[int, tuple[str, float]]]] = []
-        self.machine: list[tuple[float, object]] = []
+        # (time, pid -> (title group, CPU seconds), the machine's psutil.cpu_times())
+        self.snapshots: list[tuple[float, dict[int, tuple[str, float]], object]] = []
 
     def _roots(self):
         import psutil
@@ -164,17 +164,23 @@ class CpuByProcess(Sampler):
                     snapshot[proc.pid] = (self._group(proc), times.user + times.system)
                 except psutil.Error:
                     continue
-        now = time.time()
-        self.snapshots.append((now, snapshot))
-        self.machine.append((now, psutil.cpu_times()))
+        self.snapshots.append((time.time(), snapshot, psutil.cpu_times()))
 
-    def cores_between(self, start: float, end: float) -> dict[str, float]:
-        """Cores used per process group between two times (CPU seconds / wall seconds)."""
+    def _bounds(self, start: float, end: float):
+        """The snapshots nearest to two times, or None when they do not span any time."""
         before = min(self.snapshots, key=lambda s: abs(s[0] - start), default=None)
         after = min(self.snapshots, key=lambda s: abs(s[0] - end), default=None)
         if before is None or after is None or after[0] <= before[0]:
+            return None
+        return before, after
+
+    def cores_between(self, start: float, end: float) -> dict[str, float]:
+        """Cores used per process group between two times (CPU seconds / wall seconds)."""
+        bounds = self._bounds(start, end)
+        if bounds is None:
             return {}
-        window = [snap for t, snap in self.snapshots if before[0] <= t <= after[0]]
+        before, after = bounds
+        window = [snap for t, snap, _ in self.snapshots if before[0] <= t <= after[0]]
         out: dict[str, float] = {}
         for pid, (group, cpu) in after[1].items():
             seen = [snap[pid][0] for snap in window if pid in snap and snap[pid][0] not in ("ray::IDLE", "?")]
@@ -185,13 +191,12 @@ class CpuByProcess(Sampler):
 
     def machine_between(self, start: float, end: float) -> dict[str, float]:
         """The whole machine's cores by kind (user, nice, system, idle, ...) between two times."""
-        before = min(self.machine, key=lambda s: abs(s[0] - start), default=None)
-        after = min(self.machine, key=lambda s: abs(s[0] - end), default=None)
-        if before is None or after is None or after[0] <= before[0]:
+        bounds = self._bounds(start, end)
+        if bounds is None:
             return {}
-        wall = after[0] - before[0]
-        return {k: round((getattr(after[1], k) - getattr(before[1], k)) / wall, 2)
-                for k in after[1]._fields if getattr(after[1], k) - getattr(before[1], k) > 0.01 * wall}
+        (t0, _, first), (t1, _, last) = bounds
+        used = {k: (getattr(last, k) - getattr(first, k)) / (t1 - t0) for k in last._fields}
+        return {k: round(v, 2) for k, v in used.items() if v > 0.01}
 
 
 def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_tokens: int,
