@@ -1,8 +1,9 @@
 """POST /v1/audio/transcriptions: OpenAI's multipart upload, any length, cut and stitched like batch.
 
-decode (`model.inputs.media.decode_audio`: any soundfile format -> 16 kHz mono float32)
--> plan (`model.inputs.audio_chunks.plan_audio`: VAD speech regions packed into chunks of at most the
-   checkpoint's window, cut at pauses; silence is not sent)
+decode + plan (`model.inputs.media.iter_audio` -> `model.inputs.audio_chunks.plan_recording`: a
+   streaming pass over the upload, any soundfile format -> 16 kHz mono blocks -> VAD speech regions
+   packed into chunks of at most the checkpoint's window, cut at pauses; silence is not sent)
+-> chunk audio (`audio_chunks.iter_chunk_audio`: a second streaming pass, one chunk's samples at a time)
 -> prompt (`model.inputs.prompts.messages_for_item(task, "audio", audio=...)`)
 -> infer (one greedy chat call per chunk through the LLMServer handle; chunks run concurrently, up to
    `max_transcription_concurrency`, so the engine batches them)
@@ -12,21 +13,29 @@ decode (`model.inputs.media.decode_audio`: any soundfile format -> 16 kHz mono f
 A recording without speech answers 200 with an empty transcript (no segments, no cues), as OpenAI's
 API does for silence. The form's `prompt` is used as the task, like the batch pipeline's `--task`:
 empty means "transcribe".
+
+Memory per request, whatever the recording's length: the upload as starlette keeps it (in memory up
+to 1 MB, then spooled to a temporary file), the plan's per-10 ms energy and per-32 ms speech values
+(about 2 MB per audio hour), one decoded block of 30 s and the samples of at most
+`max_transcription_concurrency` chunks. The whole waveform (921 MB of float32 for 4 h, the
+`max_transcription_seconds` default) never exists; the batch job streams the same two passes
+(`jobs.stages.decode_source`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import time
-from typing import Any, Protocol
+from typing import Any, Awaitable, BinaryIO, Callable, Protocol
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from model.inputs import audio_chunks, prompts, subtitles
-from model.inputs.media import MediaError, MediaLimits, decode_audio
+from model.inputs.media import MediaError, MediaLimits, iter_audio
 from serving.config import ServingConfig
 from serving.errors import RequestError
 
@@ -78,6 +87,54 @@ def _field(form, name: str, default: str | None = None) -> str | None:
     return value
 
 
+class SegmentationError(ValueError):
+    """The segmentation settings cannot plan this recording (a 400, not a server error)."""
+
+
+async def transcribe_stream(
+    source: BinaryIO, limits: MediaLimits, seg: audio_chunks.Segmentation,
+    checkpoint: audio_chunks.CheckpointAudio, concurrency: int,
+    infer: Callable[[audio_chunks.Chunk, Any], Awaitable[Any]],
+) -> tuple[audio_chunks.Plan, list[Any]]:
+    """Plan the upload in one streaming pass, then read it again chunk by chunk, starting each
+    chunk's `infer` as soon as its samples are read and fewer than `concurrency` are in flight.
+    The next chunk is read only when a slot is free, so at most `concurrency` chunks' samples are
+    held. Results come back in chunk order; the first failure cancels the chunks still running."""
+    try:
+        plan = await asyncio.to_thread(audio_chunks.plan_recording, iter_audio(source, limits), seg,
+                                       checkpoint=checkpoint)
+    except MediaError:
+        raise
+    except ValueError as e:
+        raise SegmentationError(str(e)) from None
+    pieces = audio_chunks.iter_chunk_audio(iter_audio(source, limits), plan.chunks)
+    gate = asyncio.Semaphore(concurrency)
+    tasks: list[asyncio.Task] = []
+
+    async def run(chunk, samples):
+        try:
+            return await infer(chunk, samples)
+        finally:
+            gate.release()
+
+    try:
+        while True:
+            await gate.acquire()
+            if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
+                gate.release()
+                break  # gather below raises the failure; reading further chunks would be wasted
+            item = await asyncio.to_thread(next, pieces, None)
+            if item is None:
+                gate.release()
+                break
+            tasks.append(asyncio.create_task(run(*item)))
+        return plan, list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+
+
 async def transcribe_request(ingress: ChatBackend, request: Request) -> Response:
     config = ingress.config
     form = await _form(request)
@@ -101,36 +158,29 @@ async def transcribe_request(ingress: ChatBackend, request: Request) -> Response
     task = (_field(form, "prompt") or "").strip() or "transcribe"
     language = _field(form, "language")
 
-    data = await upload.read()
-    if not data:
+    if await asyncio.to_thread(upload.file.seek, 0, io.SEEK_END) == 0:
         raise RequestError(400, "file: the uploaded file is empty (0 bytes).", param="file")
     limits = MediaLimits(max_audio_seconds=config.max_transcription_seconds)
-    try:
-        audio = await asyncio.to_thread(decode_audio, data, limits)
-    except MediaError as e:
-        raise RequestError(400, f"file: {e}", param="file") from None
-    del data
-
     started = time.monotonic()
-    try:
-        plan = await asyncio.to_thread(audio_chunks.plan_audio, audio, segmentation(config),
-                                       checkpoint=_checkpoint_audio(config.model))
-    except ValueError as e:  # e.g. transcription_chunk_s over the model's window
-        raise RequestError(400, f"cannot segment the audio: {e}") from None
-    gate = asyncio.Semaphore(config.max_transcription_concurrency)
 
-    async def run(chunk):
+    async def infer(chunk: audio_chunks.Chunk, samples) -> Any:
         from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
-        async with gate:
-            samples = audio_chunks.chunk_samples(audio, chunk)
-            messages = await asyncio.to_thread(prompts.messages_for_item, task, "audio", audio=samples)
-            body = ChatCompletionRequest(
-                model=model_id, messages=messages, temperature=temperature, max_tokens=max_tokens, stream=False
-            )
-            return await ingress.chat_once(body)
+        messages = await asyncio.to_thread(prompts.messages_for_item, task, "audio", audio=samples)
+        body = ChatCompletionRequest(
+            model=model_id, messages=messages, temperature=temperature, max_tokens=max_tokens, stream=False
+        )
+        return await ingress.chat_once(body)
 
-    results = await asyncio.gather(*(run(chunk) for chunk in plan.chunks))
+    try:
+        plan, results = await transcribe_stream(
+            upload.file, limits, segmentation(config), _checkpoint_audio(config.model),
+            config.max_transcription_concurrency, infer,
+        )
+    except MediaError as e:
+        raise RequestError(400, f"file: {e}", param="file") from None
+    except SegmentationError as e:  # e.g. transcription_chunk_s over the model's window
+        raise RequestError(400, f"cannot segment the audio: {e}") from None
     chunks = plan.chunks
     texts = [r.choices[0].message.content or "" for r in results]
     text, stitched = audio_chunks.stitch(chunks, texts)
@@ -147,7 +197,7 @@ async def transcribe_request(ingress: ChatBackend, request: Request) -> Response
         return Response(subtitles.render(stitched, response_format), media_type=MEDIA_TYPES[response_format])
     if response_format == "json":
         return JSONResponse({"text": text, "usage": usage})
-    duration = len(audio) / audio_chunks.SAMPLE_RATE
+    duration = plan.duration_s
     segments = [
         {
             "id": piece.index,

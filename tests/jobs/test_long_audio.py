@@ -1,4 +1,5 @@
-"""A 4 h recording goes through the batch decode stage (VAD plan + chunk requests) with bounded memory.
+"""A 4 h recording goes through the batch decode stage (VAD plan + chunk requests), and through the
+endpoint's transcription stream, with bounded memory.
 
 The recording (the shipped speech clips every 5-60 s, 16 kHz FLAC) is written block by block; the
 decode stage runs in a fresh process (`tests.reliability.memprobe`: peak RSS from the kernel's
@@ -8,6 +9,7 @@ would be 921 MB of float32.
 
 from __future__ import annotations
 
+import pytest
 import soundfile as sf
 
 from jobs import samples
@@ -41,6 +43,38 @@ def decode_rows(path: str) -> dict:
             "largest_request_mib": round(largest / 2**20, 2), "last_end_s": last}
 
 
+def transcribe_rows(path: str) -> dict:
+    """What the endpoint does with an upload (`serving.transcribe.transcribe_stream`, the real decode,
+    VAD plan and chunk reads), the upload as an open file the way starlette spools it to disk. The
+    engine call is a stand-in that returns the chunk's index: the memory under test is the replica's,
+    and a real engine reading 4 h of speech would take far longer than a test may."""
+    import asyncio
+
+    from model.inputs.audio_chunks import CheckpointAudio, Segmentation
+    from model.inputs.media import MediaLimits
+    from serving import transcribe
+
+    held = {"now": 0, "max": 0, "max_chunks": 0, "chunks": 0}
+
+    async def infer(chunk, samples):
+        held["now"] += samples.nbytes
+        held["chunks"] += 1
+        held["max"], held["max_chunks"] = max(held["max"], held["now"]), max(held["max_chunks"], held["chunks"])
+        await asyncio.sleep(0.002)
+        held["now"] -= samples.nbytes
+        held["chunks"] -= 1
+        return chunk.index
+
+    with open(path, "rb") as upload:
+        plan, results = asyncio.run(transcribe.transcribe_stream(
+            upload, MediaLimits(), Segmentation(), CheckpointAudio(), 8, infer))
+    assert results == list(range(len(plan.chunks)))  # every chunk once, in order
+    starts = [c.start_s for c in plan.chunks]
+    assert starts == sorted(starts) and plan.chunks[-1].end_s <= plan.duration_s
+    return {"rows": len(results), "duration_s": plan.duration_s, "max_chunks_in_flight": held["max_chunks"],
+            "max_samples_held_mib": round(held["max"] / 2**20, 2)}
+
+
 def _write(path, block, blocks: int):
     with sf.SoundFile(path, "w", samplerate=16000, channels=1, subtype="PCM_16", format="FLAC") as out:
         for _ in range(blocks):
@@ -48,11 +82,18 @@ def _write(path, block, blocks: int):
     return str(path)
 
 
-def test_four_hour_recording_streams_with_bounded_memory(tmp_path):
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    """The same 10 min of speech, once and repeated to 4 h (16 kHz FLAC)."""
+    folder = tmp_path_factory.mktemp("long_audio")
     block, placed = samples.speech_recording(600.0, seed=7, noise=0.0, pauses=(5.0, 60.0))
-    short = memprobe.measure("tests.jobs.test_long_audio:decode_rows", _write(tmp_path / "ten.flac", block, 1))
-    out = memprobe.measure("tests.jobs.test_long_audio:decode_rows",
-                           _write(tmp_path / "four_hours.flac", block, int(HOURS * 6)), timeout=600)
+    return _write(folder / "ten.flac", block, 1), _write(folder / "four_hours.flac", block, int(HOURS * 6)), placed
+
+
+def test_four_hour_recording_streams_with_bounded_memory(recordings):
+    ten, four_hours, placed = recordings
+    short = memprobe.measure("tests.jobs.test_long_audio:decode_rows", ten)
+    out = memprobe.measure("tests.jobs.test_long_audio:decode_rows", four_hours, timeout=600)
     result = out["result"]
     assert result["duration_s"] == HOURS * 3600
     # Strings 5-60 s apart, packed into 30 s of speech per chunk: about ten per chunk, all emitted,
@@ -64,3 +105,19 @@ def test_four_hour_recording_streams_with_bounded_memory(tmp_path):
     assert out["growth_mib"] < BOUND_MIB, out
     assert out["growth_mib"] - short["growth_mib"] < PER_RECORDING_LENGTH_MIB, (short, out)
     print(f"4 h recording: {result}, peak growth {out['growth_mib']} MiB (10 min: {short['growth_mib']} MiB)")
+
+
+def test_four_hour_upload_streams_through_the_endpoint_with_bounded_memory(recordings):
+    ten, four_hours, placed = recordings
+    short = memprobe.measure("tests.jobs.test_long_audio:transcribe_rows", ten)
+    out = memprobe.measure("tests.jobs.test_long_audio:transcribe_rows", four_hours, timeout=600)
+    result = out["result"]
+    assert result["duration_s"] == HOURS * 3600
+    strings = len(placed) * int(HOURS * 6)
+    assert strings / 15 < result["rows"] < strings / 5
+    # At most max_transcription_concurrency (8) chunks of at most 30 s of float32 (1.83 MiB) held at once.
+    assert result["max_chunks_in_flight"] <= 8 and result["max_samples_held_mib"] <= 8 * 1.84
+    assert out["growth_mib"] < BOUND_MIB, out
+    assert out["growth_mib"] - short["growth_mib"] < PER_RECORDING_LENGTH_MIB, (short, out)
+    print(f"4 h upload through the endpoint's stream: {result}, peak growth {out['growth_mib']} MiB "
+          f"(10 min: {short['growth_mib']} MiB)")
