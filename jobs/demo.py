@@ -23,18 +23,26 @@ import os
 import pathlib
 import sys
 
+from jobs.exit_codes import TABLE as EXIT_TABLE
+from jobs.exit_codes import ConfigError, ExitCode
+
 TINY_MODEL = pathlib.Path(".cache/tiny-gemma4-unified")  # random weights, built on demand (bench)
 
 
+def check_model(path: pathlib.Path | None) -> None:
+    """--model names a checkpoint (or the tiny one, built on demand); else a configuration error (exit 2)."""
+    if path is not None and path != TINY_MODEL and not (path / "config.json").is_file():
+        raise ConfigError(f"no checkpoint at {path} (config.json missing)")
+
+
 def ensure_model(path: pathlib.Path | None) -> pathlib.Path:
+    check_model(path)
     if path is None:
         from model.checkpoints.demo import path as demo_checkpoint
 
         return demo_checkpoint()
     if (path / "config.json").is_file():
         return path
-    if path != TINY_MODEL:
-        raise SystemExit(f"no checkpoint at {path} (config.json missing)")
     from model.checkpoints.tiny import build
 
     print(f"[demo] building the tiny checkpoint in {path} ...", flush=True)
@@ -48,7 +56,7 @@ def _one_line(text: str | None, width: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__, epilog="exit status:\n" + EXIT_TABLE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=pathlib.Path, default=None, help="checkpoint (default: the demo checkpoint)")
     p.add_argument("--inputs", type=pathlib.Path, default=pathlib.Path("samples"))
@@ -57,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", help="show Ray's and vLLM's logs here instead of in the log file")
     p.add_argument("--log-file", type=pathlib.Path, help="where Ray's and vLLM's logs go")
     args = p.parse_args(argv)
+    try:
+        check_model(args.model)  # before the samples are written and Ray starts: nothing is run
+    except ConfigError as exc:
+        print(f"python -m jobs.demo: configuration error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")

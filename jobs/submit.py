@@ -33,6 +33,7 @@ import tempfile
 import time
 from typing import Any, Sequence
 
+from jobs.exit_codes import TABLE as EXIT_TABLE
 from jobs.exit_codes import ExitCode
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -449,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.submit",
         description="Submit `python -m jobs.run` to a Ray cluster: python -m jobs.submit --address URL -- <jobs.run args>",
+        epilog="exit status:\n" + EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray dashboard URL (http://head:8265).")
     parser.add_argument(

@@ -171,6 +171,18 @@ def test_exit_code_table_is_documented():
     assert "exit" in (root / "README.md").read_text().lower()
 
 
+def test_demo_with_a_model_path_that_is_no_checkpoint_exits_2(tmp_path):
+    """`python -m jobs.demo --model DIR` without config.json: a configuration error (exit 2), one line on
+    stderr, before any sample is written or Ray starts."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    argv = [sys.executable, "-m", "jobs.demo", "--model", str(tmp_path), "--inputs", str(tmp_path / "samples")]
+    proc = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    message = f"python -m jobs.demo: configuration error: no checkpoint at {tmp_path} (config.json missing)"
+    assert proc.stderr.strip() == message
+    assert not (tmp_path / "samples").exists()
+
+
 def test_live_line_on_a_terminal():
     """The tqdm line: sources done of the total, segments and errors as its postfix, rate and ETA."""
     out = io.StringIO()
