@@ -1,6 +1,6 @@
 """Old module names of code that moved into `model.inputs` and `model.checkpoints`.
 
-`import model.inputs.media`, `from model import demo` and `python -m model.checkpoints.demo` keep working: each old name
+`import model.media`, `from model import demo` and `python -m model.demo` keep working: each old name
 resolves to the very module object at its new path (one module, not a copy), so notebooks and scripts
 written against the earlier layout run unchanged. One finder instead of a shim file per old name keeps
 `model/` holding only the vLLM plugin and its two subpackages.
