@@ -12,8 +12,10 @@ vLLM engine (the demo checkpoint by default: `model.checkpoints.demo.path()`), g
                   context (the oracle segmentation: the ceiling for the others)
 * `fixed-30s`     today's fixed windows: 30 s with 2 s overlap, seams merged by repeated-word removal
 * `fixed-window`  fixed windows of the checkpoint's declared window (2 s overlap)
-* `vad-window`    VAD regions packed up to the checkpoint's window (the default)
-* `vad-utterance` one VAD region per chunk
+* `vad-window`    VAD regions packed up to the checkpoint's window (the default for checkpoints that
+                  declare no packing, e.g. the real model)
+* `vad-utterance` one VAD region per chunk (the demo checkpoint's declared default: `audio_chunking`
+                  in its processor_config.json)
 
 Reported per contender: WER of the stitched transcript against the strings in order; cuts that fall
 inside an utterance (chunk boundaries and joins between a chunk's spans; a cut at a silence gap counts

@@ -5,12 +5,13 @@ downloaded at run time), run with onnxruntime on one thread. It scores every 512
 with a speech probability; `speech_regions` turns the probabilities into speech regions.
 
 Why Silero (measured on the bench's digit-string recordings with beeps and noise bursts in some long
-pauses, `python -m bench.audio --compare-vad 0,0.003,0.01 --sounds 0.6`, docs/benchmarks.md "Long
-recordings"; every detector through the same `speech_regions` and `confirm_pauses`): Silero sent none of
-the 10 non-speech sounds and missed 0.08-0.15 s of about 2 minutes of speech; WebRTC's VAD (levels 1-3)
-sent 7-10 of the sounds and missed up to 1.8 s at the higher noise, an energy detector sent 9-10 and
-missed up to 2.5 s. None cut inside an utterance. Silero costs about 6 CPU-seconds per audio hour on one
-core (WebRTC about 0.5, energy about 0.2), small next to decoding the file and to the model's own cost.
+pauses, `python -m bench.audio --compare-vad 0,0.003,0.01 --minutes 2,3 --sounds 0.6`,
+docs/benchmarks.md "Long recordings"; every detector through the same `speech_regions` and
+`confirm_pauses`): Silero sent none of the 10 non-speech sounds and missed 0.07-0.15 s of about 2
+minutes of speech; WebRTC's VAD (levels 1-3) sent 7-10 of the sounds and missed up to 1.8 s at the
+higher noise, an energy detector sent 9-10 and missed up to 2.5 s. None cut inside an utterance.
+Silero costs about 6 CPU-seconds per audio hour on one core (WebRTC about 0.5, energy about 0.2),
+small next to decoding the file and to the model's own cost.
 
 Why not `silero_vad`'s Python helpers: importing the package imports torch and sets torch's global
 thread count to 1 as a side effect, which would slow any process that also runs torch (tests, a
@@ -112,7 +113,8 @@ class VadSettings:
     threshold: float = 0.5  # speech starts at this probability (silero's default)
     # A pause this long ends a region; shorter ones (between words) stay inside it. Silero's
     # probability decays for about 0.1 s after speech stops, so 0.2 s here splits at true pauses of
-    # about 0.3 s and more: 0.3 s merged strings 0.35-0.4 s apart (bench.audio).
+    # about 0.35 s and more (pauses of exactly 0.30 s often stay joined: audio_chunks' docstring);
+    # min_silence_s = 0.3 s merged strings 0.35-0.4 s apart (bench.audio).
     min_silence_s: float = 0.2
     min_speech_s: float = 0.2  # shorter regions are clicks, not words
     # Onsets (fricatives: "six", "zero") score late and tails fade under the threshold. These pads
