@@ -492,10 +492,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_wait:
         return ExitCode.OK
     try:
-        status = _follow(handle, args.timeout)
+        status, streamed = _follow(handle, args.timeout)
     except TimeoutError as exc:
         print(f"[jobs.submit] {exc}", flush=True)
         return ExitCode.JOB_FAILED
+    if not streamed:  # the summary never came through the log stream: read the one the job wrote
+        _print_summary(handle)
     code = exit_code(status, handle.info())
     print(f"[jobs.submit] job {handle.job_id}: {status} (exit {int(code)}: {code.name.lower().replace('_', ' ')})",
           flush=True)
@@ -522,15 +524,35 @@ def exit_code(status: str, info: Any = None) -> ExitCode:
     return ExitCode.JOB_FAILED
 
 
-def _follow(handle: JobHandle, timeout: float | None) -> str:
+def _print_summary(handle: JobHandle) -> None:
+    """The run summary from the output (what jobs.run prints at its end), for when the log stream
+    broke before it; a job that failed before writing one says so."""
+    from jobs.console import summary_lines
+
+    try:
+        lines = summary_lines(handle.summary())
+    except Exception as exc:  # noqa: BLE001 - no summary (the job failed early) is an answer, not a crash
+        print(f"[jobs.submit] no run summary to show ({type(exc).__name__}: {exc})", flush=True)
+        return
+    print("[jobs.submit] the log stream ended early; the run summary from the output:", flush=True)
+    for line in lines:
+        print(line, flush=True)
+
+
+def _follow(handle: JobHandle, timeout: float | None) -> tuple[str, bool]:
     """Stream the job's console (its log: progress heartbeats, then the summary) and print status
-    changes, until the job ends; returns the final status. TimeoutError after `timeout` seconds."""
+    changes, until the job ends; returns the final status and whether the log streamed to its end.
+    TimeoutError after `timeout` seconds."""
     import asyncio
 
+    streamed = False
+
     async def tail():
+        nonlocal streamed
         try:
             async for chunk in handle.client.tail_job_logs(handle.job_id):
                 print(chunk, end="", flush=True)
+            streamed = True
         except Exception as exc:  # noqa: BLE001 - the log stream is a convenience; the status is what counts
             print(f"[jobs.submit] log stream ended ({exc}); waiting for the job", flush=True)
 
@@ -555,7 +577,7 @@ def _follow(handle: JobHandle, timeout: float | None) -> str:
         return status
 
     try:
-        return asyncio.run(asyncio.wait_for(both(), timeout))
+        return asyncio.run(asyncio.wait_for(both(), timeout)), streamed
     except asyncio.TimeoutError:
         raise TimeoutError(f"job {handle.job_id} did not finish within {timeout} s (still running)") from None
 

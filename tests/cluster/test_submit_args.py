@@ -61,3 +61,40 @@ def test_document_parsing_options_travel_to_the_cluster(tmp_path):
     assert (back.strict, back.retries, back.pdf_text) == (True, 2, "prefer")
     assert back.schema_text() == spec.schema_text() and back.run_id == spec.run_id
     assert "--strict" not in spec_to_argv(resolve_spec(ARGS))
+
+
+def test_a_broken_log_stream_still_ends_with_the_run_summary(capsys):
+    """The console follow-up when Ray's log stream drops mid-run (a head restart, a proxy timeout):
+    status changes still print, then the summary the job wrote. Ray's job client is a stand-in here:
+    a real dropped stream cannot be provoked on cue; the real path is tests/cluster/test_submit.py."""
+    from jobs import submit
+
+    statuses = iter(["RUNNING", "RUNNING", "SUCCEEDED"])
+
+    class Client:
+        async def tail_job_logs(self, job_id):
+            yield "[jobs] attempt 1/3: streaming 2 of 2 input units\n"
+            raise ConnectionError("connection reset by peer")
+
+    class Handle:
+        job_id, client = "g4u-x", Client()
+
+        def status(self):
+            return next(statuses)
+
+        def summary(self):
+            return {"run_id": "r1", "run_date": "2026-12-04", "sources": {"total": 2, "ok": 2, "error": 0,
+                    "by_modality": {}}, "pages": 2, "audio_seconds": 0.0, "segments": 2,
+                    "tokens": {"input": 10, "output": 4}, "this_invocation": {"sources_processed": 2,
+                    "sources_skipped_as_done": 0, "segments_inferred": 2, "items_per_s": 1.0},
+                    "errors_sample": [], "error_rate": 0.0, "error_threshold": 0.1, "passed": True,
+                    "tables": {"sources": "/o/sources", "segments": "/o/segments"}, "summary_path": "/o/s.json"}
+
+    status, streamed = submit._follow(Handle(), timeout=60)
+    assert (status, streamed) == ("SUCCEEDED", False)
+    submit._print_summary(Handle())
+    out = capsys.readouterr().out
+    assert "log stream ended (connection reset by peer)" in out
+    assert "job g4u-x: RUNNING" in out and "job g4u-x: SUCCEEDED" in out
+    assert out.index("the run summary from the output") < out.index("== run r1 (2026-12-04) ==")
+    assert "error rate 0.000 (threshold 0.1): PASSED" in out
