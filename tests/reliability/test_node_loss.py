@@ -11,6 +11,8 @@ store's blocks are gone with it.
    engine's node is killed. A replacement node joins (as an autoscaler or an operator would add
    one), so the cluster is back to two workers.
 2. After part of the output was written, the node the engine now runs on is killed.
+3. Then a third job on the same cluster: its driver alone is SIGKILLed once its engine is ready, and
+   none of its processes (engine actor, vLLM's engine core and worker) may outlive it on any node.
 
 The run must finish (exit 0) with every source exactly once, all `ok`: through Ray's own actor
 restarts, task retries and lineage reconstruction where they recover, and through the job's own
@@ -28,6 +30,7 @@ import pathlib
 import re
 import time
 
+import psutil
 import pytest
 
 from tests.reliability.figures import report
@@ -54,6 +57,13 @@ def _engine_ready(job: JobProcess):
               if "__init__" not in " ".join(p.cmdline())]
     cores = job.tagged_processes("VLLM::EngineCore")
     return actors[0] if actors and cores else None
+
+
+def _name(proc) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:  # gone between the listing and the read
+        return ""
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +131,21 @@ def node_loss(tiny_checkpoint, tmp_path_factory):
         wall_s = time.time() - t0
         left = job.leftovers(JOB_GONE_S, keep=CLUSTER_SINGLETONS)
         singletons = len(job.tagged_processes()) if not left else None
+
+        # 3. a third job on the same cluster whose driver alone is SIGKILLed once its engine is ready
+        # (a notebook kernel or a scheduler's worker dying): Ray ends the actors the dead driver
+        # owned, the engine's among them, and vLLM's processes follow their actor (orphan guard).
+        orphan = JobProcess(job_args([str(work / "in")], str(work / "orphan-out"), str(tiny_checkpoint),
+                                     run_id="orphan", extra=["--batch-size", "2"]), env, work, "orphan")
+        jobs.append(orphan)
+        orphan.start()
+        orphan.wait_for(lambda: _engine_ready(orphan), "the third job's engine to be ready", TIMEOUT_S)
+        orphan_alive = [_name(p) for p in orphan.tagged_processes()]
+        orphan.kill_driver()
+        orphan_left = orphan.leftovers(JOB_GONE_S, keep=CLUSTER_SINGLETONS)
         yield dict(expected=expected, output=output, job=job, rc=rc, wall_s=wall_s, kills=kills,
                    left=left, gone_s=job.gone_s, singletons=singletons, cluster_s=cluster_s, baseline_s=baseline_s,
+                   orphan=orphan, orphan_alive=orphan_alive, orphan_left=orphan_left,
                    cluster_left=cluster.stop())
     finally:
         for job in jobs:
@@ -161,3 +184,12 @@ def test_nothing_of_the_job_outlives_it_on_the_cluster(node_loss):
     assert not run["cluster_left"], f"cluster processes needed SIGKILL: {run['cluster_left']}"
     report("node_loss_leftovers", job_processes_gone_after_s=round(run["gone_s"] or 0, 1), left=0,
            ray_data_singletons_kept=run["singletons"])
+
+
+def test_a_killed_driver_releases_its_engine_on_the_cluster(node_loss):
+    run = node_loss
+    orphan = run["orphan"]
+    assert any(name.startswith("VLLM::") for name in run["orphan_alive"]), run["orphan_alive"]
+    assert not run["orphan_left"], f"a SIGKILLed driver's processes outlived it on the cluster: {run['orphan_left']}"
+    report("node_loss_killed_driver", alive_at_kill=orphan.left_at_end, gone_after_s=round(orphan.gone_s or 0, 1),
+           per_process_s=orphan.gone_after)
