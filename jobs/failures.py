@@ -94,7 +94,10 @@ def classify(exc: BaseException) -> Failure:
             return Failure("lost", _first_line(item))
         if isinstance(item, system):
             return Failure("lost", _first_line(item))
-    return Failure("error", _first_line(exc))
+    # The root cause's own line: for a refused write that is the storage's answer ("OSError: When
+    # completing multiple part upload ... AWS Error INTERNAL_FAILURE ..."), not Ray's wrapper
+    # ("RayTaskError(OSError): ray::Write() (pid=..., ip=...)").
+    return Failure("error", _root_line(exc))
 
 
 class EngineErrors:

@@ -58,6 +58,17 @@ def test_other_errors_stop_the_job(exc):
     assert classify(exc).kind == "error" and not classify(exc).retryable
 
 
+def test_a_refused_write_is_named_by_the_storage_answer_not_rays_wrapper():
+    refusal = OSError("When completing multiple part upload for key 'out/_work/r/segments/x.parquet' in bucket "
+                      "'b': AWS Error INTERNAL_FAILURE during CompleteMultipartUpload operation: ")
+    wrapped = rex.RayTaskError("Write", "Traceback ...\nOSError: ...", refusal, proctitle="ray::Write()",
+                               pid=7, ip="192.0.2.2").as_instanceof_cause()  # RayTaskError(OSError), as Ray raises it
+    failure = classify(wrapped)
+    assert failure.kind == "error"
+    assert failure.reason.startswith("OSError: When completing multiple part upload for key 'out/_work/")
+    assert "INTERNAL_FAILURE during CompleteMultipartUpload" in failure.reason and "ray::Write" not in failure.reason
+
+
 def test_the_engine_error_line_reaches_the_driver_collector():
     # In a vLLM child process the plugin installs the handler; here a child interpreter stands in.
     code = ("import logging, sys; from model import engine_report; engine_report.install(); "
