@@ -38,7 +38,7 @@ def job(tmp_path_factory, tiny_checkpoint, ray_local):
     table = pa.table({
         "id": ["j1", "j2", "t1", "j3"],
         "image": [samples.png_page(samples.SAMPLE_TEXTS[0]), samples.png_page(samples.SAMPLE_TEXTS[1]),
-                  samples.png_page(samples.SAMPLE_TEXTS[2]), samples.text_pdf(samples.BORN_DIGITAL_PAGES[1:])],
+                  samples.png_page(samples.SAMPLE_TEXTS[2]), samples.text_pdf(samples.BORN_DIGITAL_PAGES)],
         "json_schema": [json.dumps(SCHEMA), json.dumps(SCHEMA), None, json.dumps(SCHEMA)],
     })
     pq.write_table(table, root / "rows.parquet")
@@ -63,18 +63,22 @@ def _segments_of(job, key):
 
 
 def test_guided_decoding_gives_schema_valid_json_for_every_page(job):
-    for key in ("j1", "j2", "j3"):
+    pages = {"j1": 1, "j2": 1, "j3": len(samples.BORN_DIGITAL_PAGES)}  # j3: a multi-page PDF row
+    assert pages["j3"] >= 2
+    for key, n in pages.items():
         source = job["sources"][key]
         assert source["status"] == "ok", source["error"]
-        (segment,) = _segments_of(job, key)
-        value = json.loads(segment["json"])
-        jsonschema.validate(value, SCHEMA)
-        assert segment["finish_reason"] == "stop" and segment["flags"] == []
-        assert json.loads(source["json"]) == [value]  # the source holds one value per page, in order
+        segments = _segments_of(job, key)
+        assert [s["page"] for s in segments] == list(range(1, n + 1))
+        values = [json.loads(s["json"]) for s in segments]
+        for segment, value in zip(segments, values):
+            jsonschema.validate(value, SCHEMA)
+            assert segment["finish_reason"] == "stop" and segment["flags"] == []
+        assert json.loads(source["json"]) == values  # the source holds one value per page, in page order
     assert job["sources"]["t1"]["json"] is None  # no schema for that row
     # A schema needs the model even where the text layer is usable: it is context (anchor), not the answer.
-    (j3,) = _segments_of(job, "j3")
-    assert j3["text_source"] == "model" and j3["text_layer"] == "usable" and j3["input_tokens"] > 0
+    for j3 in _segments_of(job, "j3"):
+        assert j3["text_source"] == "model" and j3["text_layer"] == "usable" and j3["input_tokens"] > 0
 
 
 def test_text_layer_pages_give_exactly_their_text_without_the_engine(job):
@@ -128,16 +132,16 @@ def test_pages_at_the_token_limit_are_flagged_retried_and_counted(job):
         flagged_sources += cut_here
     quality = job["summary"]["quality"]
     assert quality["flags"]["truncated"] == {"segments": len(still_cut), "sources": flagged_sources}
-    # The three schema pages closed their JSON; the cut pages count by the attempt kept.
-    assert quality["finish_reason"] == {"length": len(still_cut), "stop": 3 + 5 - len(still_cut)}
-    assert quality["text_source"] == {"model": 8, "pdf_text": 3}
-    assert quality["text_layer"] == {"none": 2, "garbled": 1, "usable": 4, "sparse": 1}
+    # The four schema pages closed their JSON; the cut pages count by the attempt kept.
+    assert quality["finish_reason"] == {"length": len(still_cut), "stop": 4 + 5 - len(still_cut)}
+    assert quality["text_source"] == {"model": 9, "pdf_text": 3}
+    assert quality["text_layer"] == {"none": 2, "garbled": 1, "usable": 5, "sparse": 1}
     assert quality["segments_retried"] == 5 and quality["retries"] == 1 and not quality["strict"]
     assert quality["pdf_text"] == "prefer"
     assert quality["retry_rounds_this_invocation"][0]["segments"] == 5
     # The retry round is not counted again as inferred segments; text-layer pages are not inferred.
     invocation = job["summary"]["this_invocation"]
-    assert invocation["segments_inferred"] == 8 and invocation["segments_from_pdf_text"] == 3
+    assert invocation["segments_inferred"] == 9 and invocation["segments_from_pdf_text"] == 3
 
 
 def test_new_columns_read_with_duckdb_and_pandas(job):
