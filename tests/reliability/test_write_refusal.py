@@ -24,6 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
+from connectors.storage import StorageConfig
 from tests.reliability.faultproxy import FaultPlan, FaultProxy
 from tests.reliability.figures import report
 from tests.reliability.jobrunner import JobProcess, job_args
@@ -36,11 +37,6 @@ PAGES = int(os.environ.get("RELIABILITY_REFUSAL_PAGES", "24"))
 TIMEOUT_S = float(os.environ.get("RELIABILITY_JOB_TIMEOUT_S", "900"))
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
                "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _s3fs(endpoint: str) -> pafs.S3FileSystem:
-    return pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                             secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region="us-east-1")
 
 
 def _keys(fs: pafs.S3FileSystem, prefix: str) -> list[str]:
@@ -62,7 +58,7 @@ def refusal(s3_endpoint, tiny_checkpoint, tmp_path_factory):
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=BUCKET)
     work = tmp_path_factory.mktemp("refusal")
     expected = _pages_dir(work / "in", PAGES)
-    fs = _s3fs(s3_endpoint)
+    fs = StorageConfig(endpoint_url=s3_endpoint).s3()  # straight to moto, not through the proxy
     proxy = FaultProxy(s3_endpoint, FaultPlan())
     proxy.start()
     env = {**CREDENTIALS}
