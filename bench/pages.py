@@ -7,7 +7,8 @@ Cases: A4 scans (JPEG) at 150, 300 and 400 dpi, A3 at 300 dpi, a born-digital PD
 this process on one thread, timed with `time.process_time()` (CPU-seconds, all threads counted):
 
 * `today`   the document path before `model.inputs.pages`, kept here as the baseline:
-            `media.decode` (full resolution; PDFs at the old 144 dpi) -> lossless PNG data URL in
+            a full-resolution decode (images: `media.decode_images`; PDFs rendered at the old
+            144 dpi, `old_pdf_render`) -> lossless PNG data URL in
             `messages_json` -> `json.loads` -> vLLM's chat parser (base64 + PNG decode into
             `MediaWithBytes`) -> the row through the three `ray.data.llm` stage boundaries it
             crossed (pickled and unpickled, `messages_json` still in it) -> vLLM's multimodal hash ->
@@ -104,8 +105,7 @@ def _through_stages(row: dict, engine: Engine) -> tuple[dict, int]:
 def run_today(data: bytes, name: str, budget: int, engine: Engine):
     from model.inputs import media, prompts
 
-    decoded = media.decode(data, name, media.MediaLimits(pdf_dpi=144.0))
-    page = decoded.pages[0]
+    page = old_pdf_render(data) if name.endswith(".pdf") else media.decode_images(data)[0]
     row = {"source_id": "x", "segment_index": 0,
            "messages_json": json.dumps(prompts.build_messages("Read the document.", images=[page]))}
     first = len(pickle.dumps(row, protocol=5))
@@ -115,6 +115,21 @@ def run_today(data: bytes, name: str, budget: int, engine: Engine):
     row, largest = _through_stages(row, engine)
     (image,) = row["multimodal_data"]["image"]
     return engine.model_input(image, budget), max(first, largest)
+
+
+def old_pdf_render(data: bytes):
+    """The first page rendered at 144 dpi, the size the old path gave the engine (no target size)."""
+    from model.inputs import media, pages
+
+    limits = media.MediaLimits(pdf_dpi=144.0)
+    doc, _ = media.open_pdf(data, limits)
+    page = doc[0]
+    try:
+        cap, _, _ = pages.pdf_render_size(*page.get_size(), pages.PageGeometry(), limits)
+        return pages.render_pdf_page(page, *cap)
+    finally:
+        page.close()
+        doc.close()
 
 
 def run_pages(data: bytes, name: str, budget: int, engine: Engine):
@@ -144,7 +159,7 @@ def run_minimum(data: bytes, name: str, budget: int, engine: Engine):
     from model.inputs import media, pages
 
     if name.endswith(".pdf"):
-        doc = media._open_pdf(data)
+        doc, _ = media.open_pdf(data, media.MediaLimits())
         page = doc[0]
         geometry = pages.PageGeometry(budget)
         _, size, _ = pages.pdf_render_size(*page.get_size(), geometry, media.MediaLimits(pdf_dpi=300.0))

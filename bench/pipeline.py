@@ -58,13 +58,15 @@ def build_conversations(paths: list[pathlib.Path]) -> tuple[list[list[dict]], li
 
     conversations, decoded_items = [], []
     for path in paths:
-        decoded = media.decode(path.read_bytes(), path.name)
-        if decoded.kind == "audio":
-            conversations.append(prompts.messages_for_item("auto", "audio", audio=decoded.audio))
-            decoded_items.append(("audio", decoded.audio))
+        data = path.read_bytes()
+        if media.sniff_kind(data, path.name)[0] == "audio":
+            audio = media.decode_audio(data)
+            conversations.append(prompts.messages_for_item("auto", "audio", audio=audio))
+            decoded_items.append(("audio", audio))
         else:
-            conversations.append(prompts.messages_for_item("auto", "document", image=decoded.pages[0]))
-            decoded_items.append(("document", decoded.pages[0]))
+            page = media.decode_images(data)[0]
+            conversations.append(prompts.messages_for_item("auto", "document", image=page))
+            decoded_items.append(("document", page))
     return conversations, decoded_items
 
 

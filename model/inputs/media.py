@@ -1,14 +1,20 @@
-"""Decode raw bytes (documents, scans, recordings) into what the model takes, with clear errors.
+"""Open and decode raw bytes (documents, scans, photos, recordings) into what the model takes, with
+clear errors.
 
 Shared by the batch pipeline (jobs/) and the endpoint (serving/): one implementation of
 
-* `sniff_kind(data, name)`      -> "image" | "pdf" | "audio" (magic bytes first, extension fallback)
-* `decode_images(data, limits)` -> RGB PIL images (every page of a multi-page TIFF)
-* `decode_pdf(data, limits)`    -> RGB PIL images, one per page, rendered by pdfium at `limits.pdf_dpi`
+* `sniff_kind(data, name)`      -> ("image" | "pdf" | "audio", format), by content (Pillow's and
+                                   libsndfile's own identification for the less common formats)
+* `ImageFile(data, limits)`     -> an image file opened to its header; `frame(i)` checks one frame at
+                                   its upright size, `Frame.upright()` decodes it, EXIF/TIFF
+                                   orientation applied (every frame of a multi-page TIFF or a GIF)
+* `open_pdf(data, limits)`      -> a pdfium document and its page count, checked
+* `decode_images(data, limits)` -> upright RGB PIL images at full resolution (the endpoint without a
+                                   processor config; benches)
 * `decode_audio(data, limits)`  -> float32 mono 16 kHz waveform (soundfile + soxr resampler)
 * `iter_audio(source, limits)`  -> the same waveform as bounded-size blocks (streamed; long recordings)
-* `decode(data, name, limits)`  -> `Decoded` (kind + pages or waveform)
 
+Page preparation at the model's size is `model.inputs.pages`, built on `ImageFile` and `open_pdf`.
 Every failure is a `MediaError` (a ValueError) whose message says what is wrong with the input and
 what a person can do about it; callers turn it into an error row / a 400, never a crash.
 Nothing here imports torch or vLLM: it runs in cheap CPU workers.
@@ -17,6 +23,7 @@ Nothing here imports torch or vLLM: it runs in cheap CPU workers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import pathlib
@@ -57,28 +64,24 @@ class MediaLimits:
             raise ValueError("max_pages must be >= 1")
 
 
-@dataclasses.dataclass
-class Decoded:
-    kind: Kind
-    format: str  # "png", "jpeg", "webp", "bmp", "tiff", "pdf", "wav", "flac", "ogg", "mp3"
-    pages: list = dataclasses.field(default_factory=list)  # PIL.Image.Image, RGB
-    audio: np.ndarray | None = None  # float32 mono at TARGET_SAMPLE_RATE
-
-    @property
-    def modality(self) -> Literal["document", "audio"]:
-        return "audio" if self.kind == "audio" else "document"
-
-    @property
-    def duration_s(self) -> float | None:
-        return None if self.audio is None else len(self.audio) / TARGET_SAMPLE_RATE
-
-
 # -- kind sniffing --------------------------------------------------------------------------------
 
 _IMAGE_EXT = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".bmp": "bmp",
-              ".tif": "tiff", ".tiff": "tiff"}
+              ".tif": "tiff", ".tiff": "tiff", ".gif": "gif", ".heic": "heif", ".heif": "heif",
+              ".avif": "avif", ".pbm": "ppm", ".pgm": "ppm", ".ppm": "ppm", ".pnm": "ppm", ".pam": "ppm",
+              ".jp2": "jpeg2000", ".j2k": "jpeg2000", ".tga": "tga", ".pcx": "pcx", ".ico": "ico",
+              ".qoi": "qoi", ".sgi": "sgi", ".psd": "psd", ".dds": "dds"}
 _AUDIO_EXT = {".wav": "wav", ".flac": "flac", ".ogg": "ogg", ".oga": "ogg", ".opus": "ogg",
-              ".mp3": "mp3"}
+              ".mp3": "mp3", ".aif": "aiff", ".aiff": "aiff", ".aifc": "aiff", ".au": "au", ".snd": "au",
+              ".caf": "caf", ".w64": "w64", ".voc": "voc"}
+# Formats Pillow identifies but cannot decode by itself (a stub plugin, or an external program such as
+# Ghostscript for EPS): refused by name instead of failing in decoding.
+_PILLOW_IDENTIFY_ONLY = {"EPS", "WMF", "BUFR", "GRIB", "HDF5", "MPEG"}
+# ISO base media (HEIF family) brands of still images: HEIC/HEIF (phones), AVIF.
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
+SUPPORTED_FORMATS = ("PNG, JPEG, WebP, BMP, TIFF, GIF, HEIC/HEIF, AVIF, PNM (PBM/PGM/PPM), JPEG 2000 and the other "
+                     "raster formats Pillow reads; PDF; WAV, FLAC, OGG/Opus, MP3, AIFF/AIFC, AU and the other "
+                     "containers libsndfile reads")
 
 
 def _sniff_magic(data: bytes) -> tuple[Kind, str] | None:
@@ -93,6 +96,10 @@ def _sniff_magic(data: bytes) -> tuple[Kind, str] | None:
         return "image", "bmp"
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "image", "tiff"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image", "gif"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "image", "avif" if head[8:12] in (b"avif", b"avis") else "heif"
     if b"%PDF-" in data[:1024]:  # the header may follow a few junk bytes
         return "pdf", "pdf"
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
@@ -103,16 +110,50 @@ def _sniff_magic(data: bytes) -> tuple[Kind, str] | None:
         return "audio", "flac"
     if head.startswith(b"OggS"):
         return "audio", "ogg"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "audio", "aiff"
+    if head.startswith(b".snd"):
+        return "audio", "au"
     if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0):
         return "audio", "mp3"
     return None
 
 
+def _sniff_by_libraries(data: bytes) -> tuple[Kind, str] | None:
+    """The less common formats, identified by the libraries that decode them (Pillow reads the
+    header, libsndfile the container): a format either can read is one the project reads."""
+    from PIL import Image, UnidentifiedImageError
+
+    register_image_plugins()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                fmt = image.format
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        fmt = None
+    except Exception:  # noqa: BLE001 - a plugin that accepted the prefix and failed on the header
+        fmt = None
+    if fmt in _PILLOW_IDENTIFY_ONLY:
+        raise MediaError(f"{fmt} images cannot be read here (Pillow needs an external program for them); "
+                         f"convert the file to PNG or PDF")
+    if fmt is not None:
+        return "image", fmt.lower()
+    import soundfile as sf
+
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - libsndfile: "Format not recognised" and the like
+        return None
+    return "audio", str(info.format).lower()
+
+
 def sniff_kind(data: bytes, name: str | None = None) -> tuple[Kind, str]:
-    """(kind, format) from magic bytes; the file extension only when the bytes say nothing."""
+    """(kind, format) from the content; the file extension only words the error when nothing
+    recognises the bytes."""
     if not data:
         raise MediaError("the file is empty (0 bytes); re-upload or re-export it")
-    found = _sniff_magic(data)
+    found = _sniff_magic(data) or _sniff_by_libraries(data)
     if found is not None:
         return found
     ext = pathlib.PurePosixPath(name or "").suffix.lower()
@@ -124,14 +165,26 @@ def sniff_kind(data: bytes, name: str | None = None) -> tuple[Kind, str]:
         )
     raise MediaError(
         f"unsupported file type{f' {ext!r}' if ext else ''} (first bytes {data[:8]!r}); supported: "
-        "PNG, JPEG, WebP, BMP, TIFF, PDF, WAV, FLAC, OGG, MP3"
+        f"{SUPPORTED_FORMATS}"
     )
 
 
-# -- images ---------------------------------------------------------------------------------------
+# -- images: one opener -----------------------------------------------------------------------------
+
+ORIENTATION_TAG = 0x0112  # EXIF / TIFF Orientation
+# Orientations whose upright image has width and height swapped (the 90/270 degree ones).
+_SWAPS_SIDES = {5, 6, 7, 8}
 
 
-def _check_geometry(width: int, height: int, limits: MediaLimits, what: str) -> None:
+@functools.cache
+def register_image_plugins() -> None:
+    """Pillow plugins beyond its own formats: HEIC/HEIF through pillow-heif (which ships libheif)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+
+
+def check_geometry(width: int, height: int, limits: MediaLimits, what: str) -> None:
     if width < limits.min_image_side or height < limits.min_image_side:
         raise MediaError(f"{what} has no pixels ({width}x{height})")
     if width * height > limits.max_image_pixels:
@@ -176,74 +229,175 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def open_image(data: bytes, limits: MediaLimits, limit_hint: str = ""):
-    """(PIL image with only its header read, frame count), behind the decompression-bomb guard;
+def _corrupt(what: str, exc: BaseException) -> MediaError:
+    return MediaError(f"{what} is truncated or corrupt and cannot be decoded ({exc}); re-export the file")
+
+
+# Pillow's decoding errors for a damaged file.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+
+
+class ImageFile:
+    """An image file opened to its header behind the decompression-bomb guard, its frames (pages of
+    a TIFF, frames of a GIF) known and checked one at a time. Frames are visited in order: a `Frame`
+    is valid until the next `frame()` call (they share Pillow's file object).
+
     MediaError for a bomb, a corrupt or unknown format, or more frames than `limits.max_pages`
     (`limit_hint` names how to raise that limit, e.g. " (--max-pages)")."""
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))  # reads the header only
-            frames = getattr(image, "n_frames", 1)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise MediaError(f"image rejected by the decompression-bomb guard: {exc}") from None
-    except UnidentifiedImageError:
-        raise MediaError("the image data is corrupt or not a supported image format") from None
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad headers
-        raise MediaError(f"cannot read the image header: {exc}") from None
-    if frames > limits.max_pages:
-        raise MediaError(
-            f"the image has {frames} frames/pages, more than the page limit of {limits.max_pages}; "
-            f"split the file or raise the page limit{limit_hint}"
-        )
-    return image, frames
+    def __init__(self, data: bytes, limits: MediaLimits, limit_hint: str = ""):
+        from PIL import Image, UnidentifiedImageError
+
+        register_image_plugins()
+        self.data, self.limits = data, limits
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                self._image = Image.open(io.BytesIO(data))  # reads the header only
+                self.count = getattr(self._image, "n_frames", 1)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise MediaError(f"image rejected by the decompression-bomb guard: {exc}") from None
+        except UnidentifiedImageError:
+            raise MediaError("the image data is corrupt or not a supported image format") from None
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad headers
+            raise MediaError(f"cannot read the image header: {exc}") from None
+        self.format = self._image.format
+        if self.count > limits.max_pages:
+            self.close()
+            raise MediaError(
+                f"the image has {self.count} frames/pages, more than the page limit of {limits.max_pages}; "
+                f"split the file or raise the page limit{limit_hint}"
+            )
+
+    def what(self, index: int) -> str:
+        return f"page {index + 1}" if self.count > 1 else "the image"
+
+    def frame(self, index: int) -> Frame:
+        """Frame `index` with its header read, checked at its upright size; no pixels decoded."""
+        what = self.what(index)
+        try:
+            self._image.seek(index)
+            orientation, by_decoder = _orientation(self._image)
+        except _DECODE_ERRORS as exc:
+            raise _corrupt(what, exc) from None
+        frame = Frame(self, index, orientation, by_decoder)
+        check_geometry(*frame.size, self.limits, what)
+        return frame
+
+    def frames(self) -> Iterator[Frame]:
+        for index in range(self.count):
+            yield self.frame(index)
+
+    def close(self) -> None:
+        self._image.close()
+
+    def __enter__(self) -> ImageFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _orientation(image) -> tuple[int, bool]:
+    """(orientation code 1-8 that makes this frame upright, whether the decoder applies it itself).
+
+    The EXIF Orientation (JPEG, PNG eXIf, WebP, and the TIFF tag of the current frame: Pillow reads
+    them all through `getexif`); HEIF decoders apply the container's rotation themselves and
+    pillow-heif keeps the code it replaced as `original_orientation`; Pillow (13 here) turns TIFF
+    frames on load."""
+    applied = image.info.get("original_orientation")
+    if isinstance(applied, int) and 1 <= applied <= 8:
+        return applied, True
+    code = image.getexif().get(ORIENTATION_TAG, 1)
+    code = code if isinstance(code, int) and 1 <= code <= 8 else 1
+    if image.format == "TIFF" and code in _SWAPS_SIDES:
+        # Newer Pillow turns TIFF frames itself on load and reports the turned size in the header
+        # (its width and height then differ from the ImageWidth/ImageLength tags); turning again after
+        # its load is a no-op either way, as it drops the tag when it applies it.
+        stored = (image.tag_v2.get(256), image.tag_v2.get(257))
+        return code, image.size != stored
+    return code, False
+
+
+@dataclasses.dataclass
+class Frame:
+    """One frame of an `ImageFile`: header read and checked, pixels decoded by `upright()`."""
+
+    file: ImageFile
+    index: int
+    orientation: int  # EXIF orientation code that makes it upright (1: stored upright)
+    decoder_applies: bool = False  # the decoder already turns it (HEIF)
+
+    @property
+    def what(self) -> str:
+        return self.file.what(self.index)
+
+    @property
+    def header(self):
+        """Pillow's image object at this frame (header only until decoded)."""
+        return self.file._image
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        return self.header.size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) once upright."""
+        width, height = self.stored_size
+        turned = self.orientation in _SWAPS_SIDES and not self.decoder_applies
+        return (height, width) if turned else (width, height)
+
+    @property
+    def stored_upright(self) -> bool:
+        """The stored pixels are the upright page: the file's bytes may stand for it."""
+        return self.orientation == 1 or self.decoder_applies
+
+    def upright(self):
+        """The frame's pixels, upright, as an RGB PIL image at full resolution."""
+        from PIL import Image, ImageOps
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                self.header.load()
+            if self.stored_upright:
+                image = self.header.copy() if self.file.count > 1 else self.header
+            else:  # Pillow's own turn, read from this frame's tag (a copy would not carry a TIFF's)
+                image = ImageOps.exif_transpose(self.header)
+            return to_rgb(image)
+        except MediaError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise _corrupt(self.what, exc) from None
 
 
 def iter_images(data: bytes, limits: MediaLimits = MediaLimits()) -> Iterator:
-    """Yield RGB PIL images, one per frame (multi-page TIFF yields every page), lazily."""
-    from PIL import Image
-
-    image, frames = open_image(data, limits)
-    for index in range(frames):
-        what = f"page {index + 1}" if frames > 1 else "the image"
-        try:
-            image.seek(index)
-            # Check the size *before* decoding pixels: a bomb never gets allocated.
-            _check_geometry(image.width, image.height, limits, what)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image.load()
-            yield to_rgb(image.copy() if frames > 1 else image)
-        except MediaError:
-            raise
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise MediaError(
-                f"{what} is truncated or corrupt and cannot be decoded ({exc}); re-export the file"
-            ) from None
+    """Upright RGB PIL images at full resolution, one per frame, lazily."""
+    with ImageFile(data, limits) as image:
+        for frame in image.frames():
+            upright = frame.upright()
+            # Outlives the file: Pillow's own image object is unusable once the file is closed.
+            yield upright.copy() if upright is frame.header else upright
 
 
 def decode_images(data: bytes, limits: MediaLimits = MediaLimits()) -> list:
     return list(iter_images(data, limits))
 
 
-# -- PDF ------------------------------------------------------------------------------------------
+# -- PDF: one opener --------------------------------------------------------------------------------
+
+# A PDF page's /Rotate (degrees clockwise when displayed) as the EXIF orientation code of the same turn.
+PDF_ROTATION_ORIENTATION = {0: 1, 90: 6, 180: 3, 270: 8}
 
 
-def pdf_page_count(data: bytes) -> int:
-    doc = _open_pdf(data)
-    try:
-        return len(doc)
-    finally:
-        doc.close()
-
-
-def _open_pdf(data: bytes):
+def open_pdf(data: bytes, limits: MediaLimits, limit_hint: str = " (--max-pages)"):
+    """(pdfium document, page count), MediaError for an encrypted, corrupt or empty PDF or one with
+    more pages than `limits.max_pages`. The caller closes the document."""
     import pypdfium2 as pdfium
 
     try:
-        return pdfium.PdfDocument(data)
+        doc = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as exc:
         text = str(exc).lower()
         # pdfium's last-error code is per thread and not every failed open sets it: a file rejected
@@ -255,11 +409,6 @@ def _open_pdf(data: bytes):
             raise MediaError("the PDF is corrupt and cannot be opened (pdfium could not load its structure, "
                              "e.g. a page tree with no pages); re-export it") from None
         raise MediaError(f"the PDF is corrupt and cannot be opened ({exc}); re-export it") from None
-
-
-def iter_pdf_pages(data: bytes, limits: MediaLimits = MediaLimits()) -> Iterator:
-    """Yield one RGB PIL image per page, rendered at `limits.pdf_dpi` (lower for giant pages)."""
-    doc = _open_pdf(data)
     try:
         count = len(doc)
         if count == 0:
@@ -267,33 +416,18 @@ def iter_pdf_pages(data: bytes, limits: MediaLimits = MediaLimits()) -> Iterator
         if count > limits.max_pages:
             raise MediaError(
                 f"the PDF has {count} pages, more than the page limit of {limits.max_pages}; split it or "
-                "raise the page limit (--max-pages)"
+                f"raise the page limit{limit_hint}"
             )
-        for index in range(count):
-            page = doc[index]
-            try:
-                width_pt, height_pt = page.get_size()
-                scale = limits.pdf_dpi / 72.0
-                pixels = width_pt * scale * height_pt * scale
-                if pixels > limits.max_image_pixels:
-                    # A poster-sized page: render it at the largest DPI that fits instead of failing.
-                    scale *= math.sqrt(limits.max_image_pixels / pixels)
-                width, height = round(width_pt * scale), round(height_pt * scale)
-                _check_geometry(width, height, limits, f"PDF page {index + 1}")
-                bitmap = page.render(scale=scale, draw_annots=True)
-                yield to_rgb(bitmap.to_pil())
-            except MediaError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - pdfium errors are untyped
-                raise MediaError(f"PDF page {index + 1} cannot be rendered ({exc})") from None
-            finally:
-                page.close()
-    finally:
+    except BaseException:
         doc.close()
+        raise
+    return doc, count
 
 
-def decode_pdf(data: bytes, limits: MediaLimits = MediaLimits()) -> list:
-    return list(iter_pdf_pages(data, limits))
+def pdf_page_orientation(page) -> int:
+    """The orientation code of a pdfium page's /Rotate; pdfium renders the page turned by it, and
+    reports its size turned (so the page is sized and rendered upright)."""
+    return PDF_ROTATION_ORIENTATION.get(page.get_rotation() % 360, 1)
 
 
 # -- audio ----------------------------------------------------------------------------------------
@@ -368,28 +502,6 @@ def decode_audio(data: bytes, limits: MediaLimits = MediaLimits()) -> np.ndarray
     if filled == 0:
         raise MediaError("the audio file contains no samples")
     return audio[:filled]
-
-
-# -- dispatch -------------------------------------------------------------------------------------
-
-
-def decode(data: bytes, name: str | None = None, limits: MediaLimits = MediaLimits()) -> Decoded:
-    """Bytes -> `Decoded`. Raises `MediaError` with an actionable message for any bad input."""
-    if data is None:
-        raise MediaError("no data (null value)")
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise MediaError(f"expected file bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) > limits.max_input_bytes:
-        raise MediaError(
-            f"the file is {len(data) / 2**20:.0f} MiB, over the limit of {limits.max_input_bytes / 2**20:.0f} MiB"
-        )
-    kind, fmt = sniff_kind(data, name)
-    if kind == "image":
-        return Decoded(kind, fmt, pages=decode_images(data, limits))
-    if kind == "pdf":
-        return Decoded(kind, fmt, pages=decode_pdf(data, limits))
-    return Decoded(kind, fmt, audio=decode_audio(data, limits))
 
 
 # -- encoders for OpenAI-style content parts ------------------------------------------------------

@@ -13,8 +13,9 @@ Shared by the batch job (jobs/stages.py) and the endpoint. One call per file:
 
 Each page leaves here in one of three forms (`page.form`):
 
-* `original`  a JPEG/PNG/WebP/BMP file in a plain mode (RGB or L, one frame) whose target size is
-              not smaller than the file: its bytes pass through untouched, never decoded here. The
+* `original`  a JPEG/PNG/WebP/BMP file in a plain mode (RGB or L, one frame), stored upright (EXIF
+              orientation 1 or none), whose target size is not smaller than the file: its bytes
+              pass through untouched, never decoded here. The
               engine's image processor then does exactly what the reference does with the file.
 * `resized`   larger than the target: decoded once, then resized *with the checkpoint's image
               processor's own functions* (`get_aspect_ratio_preserving_size` and its torchvision
@@ -24,9 +25,14 @@ Each page leaves here in one of three forms (`page.form`):
               time, e.g. 200x405 -> 240x528 -> 240x576 at 70 tokens), so "already at the target
               size" cannot be inferred from the pixels. The patches the engine builds are then
               bit-identical to the reference processor's on the original page.
-* `converted` at or under the target but not plain (16-bit, palette, alpha, CMYK, TIFF frames):
-              decoded and converted to RGB by `media.to_rgb`, kept lossless at its own size; the
-              engine's processor resizes it as the reference would.
+* `converted` at or under the target but not plain (16-bit, palette, alpha, CMYK, TIFF/GIF frames,
+              other formats, a stored orientation other than 1): decoded and converted to RGB by
+              `media.to_rgb`, kept lossless at its own size; the engine's processor resizes it as
+              the reference would.
+
+Every page is made upright before it is sized (`media.Frame.upright`: the EXIF orientation of
+JPEG/PNG/WebP, the TIFF tag per frame, HEIF's rotation; a PDF page's /Rotate is rendered by pdfium),
+and `PreparedPage.orientation` records the orientation code that was applied.
 
 PDF pages are rendered by pdfium directly at the target size (no full-resolution bitmap exists);
 `MediaLimits.pdf_dpi` is a cap: a page whose target needs more than the cap is rendered at the cap
@@ -48,7 +54,6 @@ import json
 import math
 import pathlib
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Literal
 
@@ -281,6 +286,9 @@ class PreparedPage:
     source_height: int = 0
     prepare_s: float = 0.0
     error: str | None = None
+    # The EXIF orientation code (1-8) applied to make the page upright: the image's EXIF/TIFF tag, or
+    # a PDF page's /Rotate (90 -> 6, 180 -> 3, 270 -> 8); 1 when it was stored upright.
+    orientation: int | None = None
 
     @property
     def number(self) -> int:
@@ -371,47 +379,42 @@ def _complete_file(data: bytes, fmt: str) -> bool:
 
 
 def _open_image_pages(data: bytes, fmt: str, geometry: PageGeometry, limits: media.MediaLimits) -> Pages:
-    header, frames = media.open_image(data, limits, limit_hint=" (--max-pages)")
+    image = media.ImageFile(data, limits, limit_hint=" (--max-pages)")
 
     def produce(skip: frozenset) -> Iterator[PreparedPage]:
         try:
-            for index in range(frames):
+            for index in range(image.count):
                 if index in skip:
                     continue
-                what = f"page {index + 1}" if frames > 1 else "the image"
                 started = time.perf_counter()
                 try:
-                    header.seek(index)
-                    media._check_geometry(header.width, header.height, limits, what)
-                    page = _prepare_frame(data, header, frames, fmt, geometry)
+                    page = _prepare_frame(data, image.frame(index), geometry)
                 except media.MediaError as exc:
-                    page = PreparedPage(index, None, None, error=f"{what}: {exc}" if frames > 1 else str(exc))
-                except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                    page = PreparedPage(index, None, None,
-                                        error=f"{what} is truncated or corrupt and cannot be decoded ({exc}); "
-                                              "re-export the file")
+                    page = PreparedPage(index, None, None, error=str(exc))
                 page.index = index
                 page.prepare_s = time.perf_counter() - started
                 yield page
         finally:
-            header.close()
+            image.close()
 
-    return Pages("image", fmt, frames, produce)
+    return Pages("image", fmt, image.count, produce)
 
 
-def _prepare_frame(data: bytes, header, frames: int, fmt: str, geometry: PageGeometry) -> PreparedPage:
-    width, height = header.size
-    tw, th = geometry.target_size(width, height)
+def _prepare_frame(data: bytes, frame: media.Frame, geometry: PageGeometry) -> PreparedPage:
+    width, height = frame.size
+    try:
+        tw, th = geometry.target_size(width, height)
+    except media.MediaError as exc:
+        raise media.MediaError(f"{frame.what}: {exc}" if frame.file.count > 1 else str(exc)) from None
     shrink = tw * th < width * height
-    if (frames == 1 and not shrink and header.mode in PLAIN_MODES and header.format in PASSTHROUGH_FORMATS
-            and _complete_file(data, header.format)):
+    header = frame.header
+    if (frame.file.count == 1 and not shrink and frame.stored_upright and header.mode in PLAIN_MODES
+            and header.format in PASSTHROUGH_FORMATS and _complete_file(data, header.format)):
         image = EncodedImage.from_file(data)
-        return PreparedPage(0, image, "original", width, height, width, height)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        header.load()
-    rgb = media.to_rgb(header.copy() if frames > 1 else header)
-    return _from_bitmap(rgb, geometry, (tw, th))
+        return PreparedPage(0, image, "original", width, height, width, height, orientation=frame.orientation)
+    page = _from_bitmap(frame.upright(), geometry, (tw, th))
+    page.orientation = frame.orientation
+    return page
 
 
 def _from_bitmap(rgb, geometry: PageGeometry, target: tuple[int, int] | None = None) -> PreparedPage:
@@ -434,8 +437,8 @@ def pdf_render_size(width_pt: float, height_pt: float, geometry: PageGeometry,
                     limits: media.MediaLimits) -> tuple[tuple[int, int], tuple[int, int], bool]:
     """((width, height) at the DPI cap, (width, height) to render, rendered at the target?).
 
-    The cap size is what rendering at `limits.pdf_dpi` gives (smaller for poster-sized pages, as
-    `media.iter_pdf_pages`). When the target is smaller, the page is rendered at the target directly."""
+    The cap size is what rendering at `limits.pdf_dpi` gives (smaller for poster-sized pages, scaled
+    to the pixel limit). When the target is smaller, the page is rendered at the target directly."""
     scale = limits.pdf_dpi / 72.0
     pixels = width_pt * scale * height_pt * scale
     if pixels > limits.max_image_pixels:
@@ -465,21 +468,7 @@ def render_pdf_page(page, width: int, height: int):
 
 
 def _open_pdf_pages(data: bytes, geometry: PageGeometry, limits: media.MediaLimits) -> Pages:
-    doc = media._open_pdf(data)
-    try:
-        count = len(doc)
-    except Exception:
-        doc.close()
-        raise
-    if count == 0:
-        doc.close()
-        raise media.MediaError("the PDF has no pages")
-    if count > limits.max_pages:
-        doc.close()
-        raise media.MediaError(
-            f"the PDF has {count} pages, more than the page limit of {limits.max_pages}; split it or "
-            "raise the page limit (--max-pages)"
-        )
+    doc, count = media.open_pdf(data, limits)
 
     def produce(skip: frozenset) -> Iterator[PreparedPage]:
         try:
@@ -491,7 +480,8 @@ def _open_pdf_pages(data: bytes, geometry: PageGeometry, limits: media.MediaLimi
                 try:
                     page = doc[index]
                     cap, size, at_target = pdf_render_size(*page.get_size(), geometry, limits)
-                    media._check_geometry(size[0], size[1], limits, f"PDF page {index + 1}")
+                    media.check_geometry(size[0], size[1], limits, f"PDF page {index + 1}")
+                    orientation = media.pdf_page_orientation(page)
                     rgb = render_pdf_page(page, *size)
                     if at_target:
                         import numpy as np
@@ -501,6 +491,7 @@ def _open_pdf_pages(data: bytes, geometry: PageGeometry, limits: media.MediaLimi
                     else:
                         prepared = _from_bitmap(rgb, geometry, geometry.target_size(*size))
                         prepared.source_width, prepared.source_height = cap
+                    prepared.orientation = orientation
                 except media.MediaError as exc:
                     prepared = PreparedPage(index, None, None, error=f"PDF page {index + 1}: {exc}")
                 except Exception as exc:  # noqa: BLE001 - pdfium errors are untyped

@@ -205,9 +205,9 @@ def test_token_ids_equal_a_direct_vllm_call(job):
     segments = job["segments"]
     fs = job["fs"]
     with fs.open_input_stream("scans/mixed/invoice.png") as f:
-        page = media.decode(f.read(), "invoice.png").pages[0]
+        (page,) = media.decode_images(f.read())  # the file as a user would hand it to vLLM: full size, RGB
     with fs.open_input_stream("scans/mixed/meeting.flac") as f:
-        audio = media.decode(f.read(), "meeting.flac").audio
+        audio = media.decode_audio(f.read())
     from model.inputs import audio_chunks
 
     chunk = audio_chunks.plan_audio(audio).chunks[1]

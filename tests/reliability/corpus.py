@@ -32,11 +32,41 @@ class Case:
     expect: str  # "ok" | "error"
     message: str | None = None  # regex the error message must match (expect == "error")
     what: str = ""
-    check: Callable | None = None  # check(decoded: model.inputs.media.Decoded) for expect == "ok"
+    check: Callable | None = None  # check(decoded: Decoded) for expect == "ok"
     path: pathlib.Path | None = None
 
     def payload(self) -> bytes:
         return self.data if self.data is not None else self.path.read_bytes()
+
+
+@dataclasses.dataclass
+class Decoded:
+    """What production makes of a file: a document's prepared pages (RGB, at the model's size for the
+    default budget: `model.inputs.pages`, as the job and the endpoint prepare them) or a recording's
+    16 kHz waveform (`model.inputs.media.decode_audio`)."""
+
+    kind: str  # "image" | "pdf" | "audio"
+    pages: list = dataclasses.field(default_factory=list)
+    audio: np.ndarray | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.audio is None else len(self.audio) / 16000
+
+
+def decode(data: bytes, name: str) -> Decoded:
+    """A file through the production decoders; MediaError for a file (or any page of it) they refuse."""
+    from model.inputs import media, pages
+
+    kind, _ = media.sniff_kind(data, name)
+    if kind == "audio":
+        return Decoded(kind, audio=media.decode_audio(data))
+    out = []
+    for page in pages.open_pages(data, name, pages.PageGeometry()):
+        if page.error:
+            raise media.MediaError(page.error)
+        out.append(media.to_rgb(page.image))
+    return Decoded(kind, pages=out)
 
 
 # -- builders -------------------------------------------------------------------------------------

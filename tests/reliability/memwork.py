@@ -6,12 +6,13 @@ import pathlib
 
 
 def decode_file(path: str, name: str) -> dict:
-    """model.inputs.media.decode on the file's bytes, as the pipeline and the endpoint call it."""
+    """The file's bytes through the decoders the pipeline and the endpoint use (`corpus.decode`)."""
     from model.inputs import media
+    from tests.reliability import corpus
 
     data = pathlib.Path(path).read_bytes()
     try:
-        decoded = media.decode(data, name)
+        decoded = corpus.decode(data, name)
     except media.MediaError as exc:
         return {"error": str(exc), "input_mib": len(data) / 2**20}
     out = {"kind": decoded.kind, "input_mib": len(data) / 2**20}
@@ -33,18 +34,3 @@ def stream_audio_file(path: str, block_s: str = "30") -> dict:
             samples += block.size
             peak = max(peak, float(np.abs(block).max()))
     return {"duration_s": samples / media.TARGET_SAMPLE_RATE, "peak_amplitude": peak}
-
-
-def prompt_file(path: str, name: str) -> dict:
-    """What the batch decode stage does per page: decode, build the chat request, serialise it."""
-    import json
-
-    from model.inputs import media, prompts
-
-    data = pathlib.Path(path).read_bytes()
-    decoded = media.decode(data, name)
-    size = 0
-    for page in decoded.pages:
-        size += len(json.dumps(prompts.messages_for_item("auto", "document", image=page)))
-    return {"pages": len(decoded.pages), "request_mib": size / 2**20,
-            "page_size": list(decoded.pages[0].size) if decoded.pages else None}

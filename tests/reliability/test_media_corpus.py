@@ -1,4 +1,5 @@
-"""The bad-input corpus through the shared decoding layer (`model.inputs.media`), no engine.
+"""The bad-input corpus through the decoders production uses (`model.inputs.pages` for documents,
+`model.inputs.media` for recordings), no engine.
 
 Every kind either decodes correctly (content checked) or raises `MediaError` with an actionable
 message; nothing raises anything else. The two memory hazards are measured in fresh processes: the
@@ -46,11 +47,11 @@ def test_corpus_covers_at_least_twenty_kinds(cases):
 def test_each_kind_decodes_correctly_or_fails_clearly(cases, kind):
     case = cases[kind]
     if case.expect == "ok":
-        decoded = media.decode(case.payload(), case.filename)
+        decoded = corpus.decode(case.payload(), case.filename)
         case.check(decoded)
     else:
         with pytest.raises(media.MediaError) as info:
-            media.decode(case.payload(), case.filename)
+            corpus.decode(case.payload(), case.filename)
         assert re.search(case.message, str(info.value)), str(info.value)
 
 
