@@ -97,7 +97,7 @@ def _request(source: dict, **fields) -> dict:
         text_source="model", retry_round=int(source.get("retry_round") or 0), json_schema=None,
         pdf_text=None, text_layer=None,
         page_data=None, page_codec=None, page_mode=None, page_width=None, page_height=None,
-        page_resized=None, max_soft_tokens=None,
+        page_resized=None, max_soft_tokens=None, orientation=None,
     )
     base.update(fields)
     return base
@@ -248,7 +248,7 @@ def _page_requests(source: dict, document: pages.Pages, task: str, schema: str |
                 source, **common, **where, messages_json=_messages_json(messages), text_layer=verdict,
                 page_data=image.encoded, page_codec=image.codec, page_mode=image.mode,
                 page_width=image.width, page_height=image.height, page_resized=page.resized,
-                max_soft_tokens=ctx.geometry.max_soft_tokens,
+                max_soft_tokens=ctx.geometry.max_soft_tokens, orientation=page.orientation,
             )
     except Exception as exc:  # noqa: BLE001 - a bug mid-document: the pages not emitted still get rows
         message = f"unexpected decoding failure ({type(exc).__name__}: {exc})"
@@ -419,6 +419,7 @@ def collect_segment(row: dict, ctx: StageContext) -> dict:
         infer_s=max(_float(row.get("time_taken_llm")) or 0.0, 0.0) if model_ran else 0.0,
         finish_reason=finish, flags=flags, text_source=text_source, text_layer=_str(row.get("text_layer")),
         json=json_text, retry_round=_int(row.get("retry_round")) or 0,
+        orientation=_int(row.get("orientation")),
         run_id=ctx.run_id, attempt=ctx.attempt, written_at=time.time(),
     )
 
@@ -435,6 +436,7 @@ WORK_SCHEMA = pa.schema([
     ("decode_s", pa.float64()), ("infer_s", pa.float64()),
     ("finish_reason", pa.string()), ("flags", pa.list_(pa.string())), ("text_source", pa.string()),
     ("text_layer", pa.string()), ("json", pa.string()), ("retry_round", pa.int32()),
+    ("orientation", pa.int32()),
     ("run_id", pa.string()), ("attempt", pa.string()), ("written_at", pa.float64()),
 ])
 
@@ -469,6 +471,7 @@ SEGMENT_SCHEMA = pa.schema([
     ("output_token_ids", pa.list_(pa.int32())), ("infer_s", pa.float64()),
     ("finish_reason", pa.string()), ("flags", pa.list_(pa.string())), ("text_source", pa.string()),
     ("text_layer", pa.string()), ("json", pa.string()), ("attempts", pa.int32()), ("retry_round", pa.int32()),
+    ("orientation", pa.int32()),
     ("run_id", pa.string()),
 ])
 
