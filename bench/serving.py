@@ -224,14 +224,14 @@ def _start_endpoint(model, model_id, args, levels, env, work, variant) -> tuple[
 
 
 def _start_vllm(settings, model_id, env, work) -> tuple[subprocess.Popen, str]:
-    from jobs.quality import STRUCTURED_OUTPUTS_CONFIG
+    from model.structured_outputs import ENGINE_CONFIG
 
     port = _free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *_vllm_cli_args(settings),
            "--served-model-name", model_id, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY,
            "--enable-per-request-metrics",
            # The endpoint's engine-level guided-decoding settings (serving/app.py); guided requests only.
-           "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS_CONFIG)]
+           "--structured-outputs-config", json.dumps(ENGINE_CONFIG)]
     print("vllm:", " ".join(cmd[1:]), flush=True)
     proc = subprocess.Popen(cmd, env=env, stdout=open(work / "vllm.log", "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -48,6 +48,7 @@ from jobs.exit_codes import ConfigError
 from jobs.resume import ResumeIndex
 from jobs.spec import JobSpec
 from jobs.workarea import STALL_STAGE, OutputLayout, finalize
+from model import structured_outputs
 from model.inputs import prompts
 
 log = logging.getLogger("jobs")
@@ -85,7 +86,7 @@ def build_llm_processor(spec: JobSpec):
         bundles = [{"CPU": 1}] * tp
         light = 0.1  # tokenizer-sized stages must not starve the engine of the few cores there are
     engine_kwargs = settings.ray_engine_kwargs()
-    engine_kwargs.setdefault("structured_outputs_config", quality.STRUCTURED_OUTPUTS_CONFIG)
+    engine_kwargs.setdefault("structured_outputs_config", dict(structured_outputs.ENGINE_CONFIG))
     # Rows in flight per actor cover what the engine admits (ray.data.llm lets 1.1 x max_num_seqs
     # into it), or the engine runs below its capacity while rows wait upstream.
     concurrent_batches = spec.concurrent_batches(settings.resolved_max_num_seqs())

@@ -2,7 +2,11 @@
 
     report = preflight.check(spec, OutputLayout(spec))     # raises PreflightError, or returns timings
 
-Three checks, each in seconds and each naming the location and what the storage answered:
+Four checks, each in seconds and each naming the location and what the storage answered:
+
+* **JSON schema runnable**: the job's `--json-schema` is one guided decoding can run
+  (`model.structured_outputs.check_schema`: vLLM's own validation for the engine's backend); a
+  keyword it cannot enforce is named here, once, instead of failing every row at the engine.
 
 * **inputs listable**: every `--input` resolves, and its prefix, directory, glob base or file can
   be looked at with the job's credentials (one HEAD / one-key listing per input on S3, a stat
@@ -68,6 +72,7 @@ class PreflightConfigError(PreflightError, ConfigError):
 
 @dataclasses.dataclass
 class PreflightReport:
+    schema_s: float
     inputs_s: float
     output_s: float
     model_s: float
@@ -75,7 +80,7 @@ class PreflightReport:
 
     @property
     def total_s(self) -> float:
-        return self.inputs_s + self.output_s + self.model_s
+        return self.schema_s + self.inputs_s + self.output_s + self.model_s
 
     def line(self) -> str:
         model = "checkpoint ok" if self.model_checked else "not visible here, left to the engine"
@@ -84,10 +89,12 @@ class PreflightReport:
 
 
 def check(spec: JobSpec, work_root: str, *, attached: bool | None = None) -> PreflightReport:
-    """All three checks; `work_root` is the run's work-area directory (`<output>/_work/<run_id>`).
+    """All four checks; `work_root` is the run's work-area directory (`<output>/_work/<run_id>`).
     `attached`: the driver is attached to a cluster (default: RAY_ADDRESS is set)."""
     if attached is None:
         attached = bool(os.environ.get("RAY_ADDRESS"))
+    started = time.perf_counter()
+    check_schema(spec)
     t0 = time.perf_counter()
     for uri in spec.inputs:
         check_input(uri, spec)
@@ -96,12 +103,29 @@ def check(spec: JobSpec, work_root: str, *, attached: bool | None = None) -> Pre
     t2 = time.perf_counter()
     checked = check_model(spec.model, attached=attached)
     t3 = time.perf_counter()
-    return PreflightReport(inputs_s=t1 - t0, output_s=t2 - t1, model_s=t3 - t2, model_checked=checked)
+    return PreflightReport(schema_s=t0 - started, inputs_s=t1 - t0, output_s=t2 - t1, model_s=t3 - t2, model_checked=checked)
 
 
 def _answer(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:400] if text else type(exc).__name__
+
+
+# -- JSON schema ----------------------------------------------------------------------------------
+
+
+def check_schema(spec: JobSpec) -> None:
+    """The job's JSON schema can be run by guided decoding (a Parquet row's own schema is checked
+    with its row: a schema nothing can run is that row's error)."""
+    text = spec.schema_text()
+    if text is None:
+        return
+    from model.structured_outputs import UnsupportedSchema, check_schema as check
+
+    try:
+        check(text)
+    except UnsupportedSchema as exc:
+        raise PreflightConfigError("schema", f"--json-schema: {exc}") from None
 
 
 # -- inputs ---------------------------------------------------------------------------------------

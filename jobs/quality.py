@@ -45,12 +45,6 @@ REPEAT_MIN_MATCH = 0.9
 RETRY_TEMPERATURE_STEP = 0.2
 RETRY_TEMPERATURE_MAX = 1.0
 
-# Engine-level structured-output settings of the batch engine. vLLM 0.29's xgrammar backend ignores
-# the per-request "no whitespace" option and honours only the engine's: without it a grammar lets
-# the model pad JSON with whitespace until the token limit (measured: a random-weight checkpoint
-# never closed the object in 96 tokens). It affects guided requests only.
-STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
-
 
 def checkpoint_stop_ids(model: str | pathlib.Path) -> frozenset[int]:
     """The token ids vLLM stops on for a local checkpoint: the tokenizer's EOS and the generation

@@ -259,14 +259,19 @@ def _page_requests(source: dict, document: pages.Pages, task: str, schema: str |
 
 
 def _row_schema(source: dict) -> str | None:
-    """A Parquet row's own JSON schema (compact text); ValueError when it is not a usable schema."""
+    """A Parquet row's own JSON schema (compact text); ValueError when it is not a valid schema or
+    one guided decoding cannot run (that row's error, named before any page is rendered)."""
+    from model.structured_outputs import check_schema
+
     value = source.get("json_schema")
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
-        return quality.canonical_schema(value)
+        text = quality.canonical_schema(value)
+        check_schema(text)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"the row's JSON schema column: {exc}") from None
+    return text
 
 
 # -- infer (ray.data.llm pre-processing) ----------------------------------------------------------

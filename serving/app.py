@@ -86,11 +86,11 @@ def llm_config(config: ServingConfig):
         deployment_config["ray_actor_options"] = {"num_cpus": replica_cpus}
     experimental = {"stream_batching_interval_ms": config.stream_batching_interval_ms}
     engine_kwargs = settings.ray_engine_kwargs()
-    # response_format json_object / json_schema: the batch job's guided-decoding settings (xgrammar
-    # honours "no whitespace" only at engine level; see jobs/quality.py). Guided requests only.
-    from jobs.quality import STRUCTURED_OUTPUTS_CONFIG
+    # response_format json_object / json_schema: the batch job's guided-decoding settings
+    # (model/structured_outputs.py). Guided requests only.
+    from model.structured_outputs import ENGINE_CONFIG
 
-    engine_kwargs.setdefault("structured_outputs_config", dict(STRUCTURED_OUTPUTS_CONFIG))
+    engine_kwargs.setdefault("structured_outputs_config", dict(ENGINE_CONFIG))
     if config.per_request_metrics:
         engine_kwargs["enable_per_request_metrics"] = True  # a vLLM front-end flag
     return LLMConfig(

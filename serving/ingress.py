@@ -62,6 +62,7 @@ class GuardedOpenAiIngress(OpenAiIngress):
                 raise RequestError(400, f"Invalid message content: {_short(cause)}", param="messages") from None
             if body.n is not None and body.n > 8:
                 raise RequestError(400, "n must be at most 8.", param="n")
+            await _check_guided_schema(body)
             body.messages, body.mm_processor_kwargs = await self.media.vet_request(
                 body.messages, body.mm_processor_kwargs
             )
@@ -114,6 +115,24 @@ class GuardedOpenAiIngress(OpenAiIngress):
         except Exception as e:  # noqa: BLE001 - any failure means "not ready"; the reason is the body
             return JSONResponse({"status": "unhealthy", "reason": type(e).__name__}, status_code=503)
         return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
+
+
+async def _check_guided_schema(body: ChatCompletionRequest) -> None:
+    """A `response_format` JSON schema (or vLLM's `structured_outputs.json`) guided decoding cannot run
+    is a 400 naming the keyword, worded as the batch job words it (model/structured_outputs.py)."""
+    from model.structured_outputs import UnsupportedSchema, check_schema
+
+    guided = body.extract_structured_outputs()
+    schema = getattr(guided, "json", None)
+    if schema is None:
+        return
+    param = "response_format" if body.response_format is not None else "structured_outputs"
+    try:
+        await asyncio.to_thread(check_schema, schema)
+    except UnsupportedSchema as e:
+        raise RequestError(400, f"{param}: {e}", param=param) from None
+    except (ValueError, TypeError) as e:  # not JSON text: vLLM's own check words it the same way
+        raise RequestError(400, f"{param}: the JSON schema is not valid JSON ({_short(e)})", param=param) from None
 
 
 def _short(error: BaseException, limit: int = 300) -> str:
