@@ -190,6 +190,12 @@ def check_json(text: str, schema_text: str) -> tuple[str | None, str | None]:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")), None
 
 
+def cut_off(problem: str, max_tokens: int) -> str:
+    """`check_json`'s problem for an output that reached the token limit: what to change first."""
+    return (f"the output reached the token limit ({max_tokens} new tokens) before the JSON value was complete; "
+            f"raise --max-new-tokens or bound the schema (maxLength, maxItems, enum): {problem}")
+
+
 def canonical_schema(schema: str | Mapping) -> str:
     """A schema (JSON text or a mapping) as compact JSON text, checked to be a valid schema."""
     text = schema if isinstance(schema, str) else json.dumps(schema, separators=(",", ":"))

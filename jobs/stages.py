@@ -405,6 +405,8 @@ def collect_segment(row: dict, ctx: StageContext) -> dict:
         schema = _str(row.get("json_schema"))
         if schema:
             json_text, problem = quality.check_json(text, schema)
+            if problem and finish == quality.FINISH_LENGTH:
+                problem = quality.cut_off(problem, ctx.max_new_tokens)
             if problem:
                 flags.append(quality.INVALID_JSON)
                 ok, error, stage = False, problem, "validate"
