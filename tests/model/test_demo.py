@@ -138,3 +138,52 @@ def test_reads_the_main_jobs_demo_inputs(demo_llm, tmp_path):
     misread = [(name, want, text) for (name, want), text in zip(wanted, got) if text != want]
     assert not misread, misread
 
+
+
+def test_reads_phone_photos_and_heic_as_well_as_the_upright_jpegs(demo_llm, tmp_path):
+    """Its own line layout as a phone saves it: JPEGs stored turned with EXIF orientation 3, 6 and 8, and
+    HEIC (upright, and turned in the container). Through the job's decode and prompt stage and through the
+    endpoint's media policy, each variant's character error rate equals the upright JPEGs'."""
+    import asyncio
+    import base64
+
+    from jobs.spec import JobSpec
+    from model.inputs.prompts import TEXT_PROMPT
+    from serving.config import ServingConfig
+    from serving.media_policy import MediaPolicy
+    from tests import realfiles
+
+    lines = demo.SAMPLE_LINES
+    variants = {
+        "upright.jpg": lambda image: realfiles.photo(image, 1),
+        "o3.jpg": lambda image: realfiles.photo(image, 3),
+        "o6.jpg": lambda image: realfiles.photo(image, 6),
+        "o8.jpg": lambda image: realfiles.photo(image, 8),
+        "upright.heic": lambda image: realfiles.heic(image, 1),
+        "o6.heic": lambda image: realfiles.heic(image, 6),
+    }
+    spec = JobSpec(inputs=[str(tmp_path)], output=str(tmp_path / "out"), model=str(demo.SHIPPED))
+    policy = MediaPolicy(ServingConfig(model=str(demo.SHIPPED), device="cpu"))
+    requests, keys = [], []
+    for name, make in variants.items():
+        for i, text in enumerate(lines):
+            data = make(demo.line_image(text, font_index=demo_data.BUILTIN_FONT))
+            path = tmp_path / f"{i}_{name}"
+            path.write_bytes(data)
+            (job_request,) = _pipeline_requests(path, spec)  # the batch job's own request
+            url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+            messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                     {"type": "text", "text": TEXT_PROMPT}]}]
+            messages, kwargs = asyncio.run(policy.vet_request(messages, None))  # the endpoint's rewrite
+            requests += [job_request, (messages, kwargs or {})]
+            keys += [("job", name), ("endpoint", name)]
+    got = chat_each(demo_llm, requests)
+    readings: dict = {}
+    for key, text in zip(keys, got):
+        readings.setdefault(key, []).append(text)
+    cers = {key: demo_data.cer(lines, hyps) for key, hyps in readings.items()}
+    print("CER per path and variant:", cers)
+    for path in ("job", "endpoint"):
+        reference = cers[(path, "upright.jpg")]
+        assert reference < 0.1, cers
+        assert all(cers[(path, name)] == reference for name in variants), cers
