@@ -5,8 +5,9 @@ against the limits and handed to vLLM as a data URL: vLLM never fetches anything
 
 Images go through `model.inputs.pages.prepare_image`, the page-preparation step the batch pipeline
 uses, so the engine sees the pixels batch gives it for the same file and answers match token for
-token. A plain JPEG/PNG/WebP/BMP at or under the model's target size passes through as its original
-bytes (header read, never decoded here; a data URL part is left exactly as sent); a larger image is
+token. Every image is made upright first (EXIF/TIFF orientation, HEIC's rotation: `model.inputs.media`).
+A plain JPEG/PNG/WebP/BMP stored upright at or under the model's target size passes through as its
+original bytes (header read, never decoded here; a data URL part is left exactly as sent); a larger image is
 decoded once and resized with the checkpoint's image processor's own functions, and the request then
 carries `mm_processor_kwargs.do_resize=False` so the engine does not resize again (the processor's
 size function is not idempotent: see pages.py); other modes are converted losslessly at their own
