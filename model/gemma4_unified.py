@@ -18,11 +18,19 @@ Registered by `model.registration` under `ARCHITECTURE`. It reuses vLLM's
   fails loudly at load instead of silently attending causally.
 * Batched multimodal embedding: all images (and video frames) of a step go through the patch
   embedder in one pass instead of a Python loop per item.
+* Pages at their model size as uint8 pixels (`model.inputs.page_pixels`): a `numpy.uint8`
+  (h, w, 3) image with `do_resize=False` skips the reference image processor in the front end
+  (placeholders counted from the patch grid, the array passed through as the `page_pixels` field);
+  the model rescales and normalises it on the device with the checkpoint's image processor's own
+  `rescale_and_normalize` and cuts the patches there, so the embedder sees the numbers the
+  reference processor computes. Every other image (PIL, data URLs, float arrays, tensors, pages
+  that need a resize) still goes through the reference processor as before.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -42,10 +50,17 @@ from vllm.model_executor.models.gemma4_unified import (
     Gemma4UnifiedProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageProcessorItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
 AUDIO_SAMPLE_RATE = 16_000
+
+# The multimodal field carrying pages as uint8 (h, w, 3) pixels (front end -> model).
+PAGE_FIELD = "page_pixels"
+# Image processor arguments that change the numbers a page becomes; a request or engine config that
+# sets any of them sends its pages through the reference processor (which applies them) instead.
+NORMALIZATION_KWARGS = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
 
 
 class AudioTooLongError(ValueError):
@@ -133,13 +148,60 @@ class Gemma4UnifiedExactProcessingInfo(Gemma4UnifiedProcessingInfo):
         return PromptUpdateDetails.select_token_id(token_ids, processor.audio_token_id)
 
 
-def _resizes(merged_kwargs: Mapping[str, object]) -> bool:
-    """Whether the image processor resizes (False: `do_resize=False`, top level or images_kwargs)."""
-    value = merged_kwargs.get("do_resize")
+def _image_kwarg(merged_kwargs: Mapping[str, object], name: str) -> object:
+    """An image processor argument as the HF processor resolves it (top level or images_kwargs)."""
+    value = merged_kwargs.get(name)
     images_kwargs = merged_kwargs.get("images_kwargs")
     if value is None and isinstance(images_kwargs, Mapping):
-        value = images_kwargs.get("do_resize")
+        value = images_kwargs.get(name)
+    return value
+
+
+def _resizes(merged_kwargs: Mapping[str, object]) -> bool:
+    """Whether the image processor resizes (False: `do_resize=False`, top level or images_kwargs)."""
+    value = _image_kwarg(merged_kwargs, "do_resize")
     return value is None or bool(value)
+
+
+def _check_page_array(item: np.ndarray, index: int) -> None:
+    """An array sent with do_resize=False is a page's pixels; refuse anything else clearly."""
+    if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+        raise ValueError(
+            f"image item {index}: an array sent with do_resize=False must be a page's uint8 RGB pixels of "
+            f"shape (height, width, 3) at its model size (model.inputs.page_pixels.page_pixels makes one), "
+            f"got dtype {item.dtype} shape {item.shape}"
+        )
+
+
+def page_patches(pixels: torch.Tensor, image_processor, unit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (h, w, 3) page pixels -> (patches (n, unit*unit*3), positions (n, 2) as (x, y)), on the
+    tensor's device: the rows the reference image processor emits for the page, without its padding.
+
+    The arithmetic is the processor's own `rescale_and_normalize` on the (3, h, w) image, with the
+    checkpoint's settings (float32 out when it rescales or normalises, as the reference). Cutting the
+    48 px patches afterwards only moves values: patch i is the block at row i // (w/unit), column
+    i % (w/unit), flattened (row, column, channel), as the processor's `patches_merge` orders them."""
+    height, width, channels = pixels.shape
+    ip = image_processor
+    values = ip.rescale_and_normalize(
+        pixels.permute(2, 0, 1),
+        ip.do_rescale,
+        ip.rescale_factor,
+        ip.do_normalize,
+        tuple(ip.image_mean) if isinstance(ip.image_mean, list) else ip.image_mean,
+        tuple(ip.image_std) if isinstance(ip.image_std, list) else ip.image_std,
+    )
+    rows, cols = height // unit, width // unit
+    patches = (
+        values.permute(1, 2, 0)
+        .reshape(rows, unit, cols, unit, channels)
+        .transpose(1, 2)
+        .reshape(rows * cols, unit * unit * channels)
+    )
+    ys, xs = torch.meshgrid(
+        torch.arange(rows, device=pixels.device), torch.arange(cols, device=pixels.device), indexing="ij"
+    )
+    return patches, torch.stack((xs, ys), dim=-1).reshape(rows * cols, 2)
 
 
 class Gemma4UnifiedExactMultiModalProcessor(Gemma4MultiModalProcessor):
@@ -201,12 +263,51 @@ class Gemma4UnifiedExactMultiModalProcessor(Gemma4MultiModalProcessor):
                         processor.feature_extractor.audio_samples_per_token,
                     )
                 elif modality == "image":
+                    if not resizes and isinstance(item, np.ndarray):
+                        _check_page_array(item, i)
                     height, width = _image_size(item)
                     if height <= 0 or width <= 0:
                         raise ValueError(f"image item {i}: image of {width}x{height} pixels has no content")
                     if not resizes:
                         self._unresized_soft_tokens(width, height, self._budget(merged))
-        return super()._apply_hf_processor_main(mm_items, hf_processor_mm_kwargs)
+        pages = self._page_arrays(mm_items, merged)
+        if pages is None:
+            return super()._apply_hf_processor_main(mm_items, hf_processor_mm_kwargs)
+        # Pages skip the reference processor; any other modality of the prompt still goes through it.
+        others = mm_items.select({m for m in mm_items if m != "image"})
+        processed = super()._apply_hf_processor_main(others, hf_processor_mm_kwargs)
+        processed[PAGE_FIELD] = [_as_tensor(page) for page in pages]
+        return processed
+
+    def _page_arrays(self, mm_items, merged: Mapping[str, object]) -> list[np.ndarray] | None:
+        """The prompt's images when every one is page pixels the model can take as they are (uint8
+        (h, w, 3) arrays, validated above, with do_resize=False and the checkpoint's normalisation);
+        None sends the images through the reference processor."""
+        if "image" not in mm_items or _resizes(merged):
+            return None
+        if any(_image_kwarg(merged, name) is not None for name in NORMALIZATION_KWARGS):
+            return None
+        images = mm_items["image"]
+        items = [images.get(i) for i in range(images.get_count())]
+        if not items or not all(isinstance(item, np.ndarray) for item in items):
+            return None
+        return items
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        fields[PAGE_FIELD] = MultiModalFieldConfig.batched("image")
+        return fields
+
+
+def _as_tensor(page: np.ndarray) -> torch.Tensor:
+    """A zero-copy tensor over a page array (arrays from Ray's object store are read-only; the
+    tensor is only read, then serialised to the engine core)."""
+    page = np.ascontiguousarray(page)
+    if page.flags.writeable:
+        return torch.from_numpy(page)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(page)
 
 
 def _pad_patches(
@@ -233,18 +334,43 @@ class Gemma4UnifiedExactForConditionalGeneration(Gemma4UnifiedForConditionalGene
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         _refuse_unfaithful_bidirectional_attention(self, vllm_config)
+        from vllm.transformers_utils.processor import cached_image_processor_from_config
+
+        # The checkpoint's reference image processor: its rescale/normalise settings and arithmetic
+        # turn `page_pixels` into the numbers it would have computed in the front end.
+        self.page_image_processor = cached_image_processor_from_config(vllm_config.model_config)
+        vision = self.config.vision_config
+        self.page_unit = vision.patch_size * vision.pooling_kernel_size
+
+    def _embed_valid(self, values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[N, 6912] real patches (no padding) and their (x, y) positions -> [N, hidden] embeddings."""
+        target_dtype = self.embed_vision.embedding_projection.weight.dtype
+        embedded = self.vision_embedder(values.unsqueeze(0), positions.unsqueeze(0))
+        return self.embed_vision(embedded.to(target_dtype)).squeeze(0)
 
     def _embed_patches(
         self, pixel_values: torch.Tensor | Sequence[torch.Tensor], positions: torch.Tensor | Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over every item: [B, n, 6912] patches -> ([valid patches, hidden], valid counts)."""
         values, pos = _pad_patches(pixel_values, positions)
-        target_dtype = self.embed_vision.embedding_projection.weight.dtype
         valid = (pos != -1).all(dim=-1)  # [B, n]
         # Only real patches go through the embedder; the padding rows would be discarded anyway.
-        embedded = self.vision_embedder(values[valid].unsqueeze(0), pos[valid].unsqueeze(0))
-        projected = self.embed_vision(embedded.to(target_dtype)).squeeze(0)
-        return projected, valid.sum(dim=-1)
+        return self._embed_valid(values[valid], pos[valid]), valid.sum(dim=-1)
+
+    def _process_page_pixels(self, pages: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """uint8 (h, w, 3) pages -> one embedding [soft tokens, hidden] per page, one embedder pass."""
+        cut = [page_patches(page, self.page_image_processor, self.page_unit) for page in pages]
+        projected = self._embed_valid(torch.cat([v for v, _ in cut]), torch.cat([p for _, p in cut]))
+        return list(torch.split(projected, [v.shape[0] for v, _ in cut]))
+
+    def embed_multimodal(self, **kwargs: object):
+        # vLLM batches only items with the same fields, so a batch is either all pages or none.
+        pages = kwargs.pop(PAGE_FIELD, None)
+        if pages is None:
+            return super().embed_multimodal(**kwargs)
+        if kwargs:
+            raise ValueError(f"{PAGE_FIELD} batched with other fields: {sorted(kwargs)}")
+        return self._process_page_pixels(pages)
 
     def _process_image_input(self, image_input: Gemma4ImageInputs) -> list[torch.Tensor]:
         projected, counts = self._embed_patches(

@@ -102,12 +102,30 @@ def rng():
     return np.random.default_rng(SEED)
 
 
-def generate(llm, cases: dict[str, Case]) -> dict[str, Result]:
+def generate(llm, cases: dict[str, Case], prompts: dict[str, dict] | None = None) -> dict[str, Result]:
+    """Each case as a vLLM prompt (`prompts` replaces the prompt of the cases it names)."""
     from vllm import SamplingParams
 
+    prompts = prompts or {}
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0, logprobs=TOP_K)
-    outputs = llm.generate([vllm_prompt(c) for c in cases.values()], params)
+    outputs = llm.generate([prompts.get(label) or vllm_prompt(c) for label, c in cases.items()], params)
     return {label: from_vllm(out) for label, out in zip(cases, outputs, strict=True)}
+
+
+def page_pixels_prompt(case: Case) -> dict:
+    """The case's single image as the batch path sends a page: uint8 pixels at the model size
+    (model.inputs.page_pixels), prepared from the original by model.inputs.pages."""
+    import io
+
+    from model.inputs import pages
+    from model.inputs.page_pixels import engine_prompt, page_pixels
+
+    [original] = case.images
+    buf = io.BytesIO()
+    original.save(buf, format="PNG")
+    geometry = pages.PageGeometry(case.max_soft_tokens or 280)
+    page = next(iter(pages.open_pages(buf.getvalue(), "page.png", geometry)))
+    return engine_prompt(case.prompt, page_pixels(page, geometry))
 
 
 def image(rng, lo: int, hi: int):
@@ -167,8 +185,10 @@ def test_image_prompts_match_the_vision_mask_reference(llm, reference, rng):
         "two images, budget 70": Case(
             chat_prompt("<image_soft_token> vs <image_soft_token>"), images=[image(rng, 100, 800) for _ in range(2)], max_soft_tokens=70
         ),
+        # A page as uint8 pixels at its model size, larger than the sliding window.
+        "page pixels": Case(chat_prompt("Read <image_soft_token>"), images=[image(rng, 700, 1200)], max_soft_tokens=280),
     }
-    got = generate(llm, cases)
+    got = generate(llm, cases, {"page pixels": page_pixels_prompt(cases["page pixels"])})
     assert len(got["several images"].prompt_ids) > STEP_TOKEN_BUDGET > 4 * 128  # several windows, several steps
     for label, case in cases.items():
         assert_same(vision_mask_reference(reference, case, MAX_NEW_TOKENS), got[label], f"{label} (PARITY_SEED={SEED})")

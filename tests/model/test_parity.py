@@ -260,39 +260,143 @@ def test_engine_still_serves_after_bad_input(llm, reference):
 
 # -- pages prepared by model.inputs.pages (the batch job's and the endpoint's path) -----------------
 
+PAGE_PROMPT = chat_prompt("<image_soft_token>Read.")
 
-def test_a_large_scan_prepared_at_the_model_size_matches_the_reference_on_the_original(llm, reference, rng):
-    """A4 at 300 dpi (2480x3508 JPEG) and a shape the size function does not map to itself: the page
-    is resized in decoding, travels encoded (pickled), and the engine does not resize it again
-    (do_resize=False); prompt ids, greedy ids and logprobs equal the reference on the original."""
-    import pickle
 
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def documents(reference, rng):
+    """label -> (file, budget, prepared page, reference answer on the original file): an A4 scan at
+    300 dpi (2480x3508 JPEG) and odd shapes at 280 and 1120 tokens, and a shape the size function
+    does not map to itself (200x1215 -> 960x144 at 70 tokens; 960x144 itself -> a larger size)."""
     from PIL import Image
 
     from jobs import samples
     from model.inputs import pages
+
+    scan = samples.scan_page(300, seed=int(rng.integers(1000)))
+    odd = _png(random_image(rng, int(rng.integers(900, 1400)), int(rng.integers(600, 1000))))
+    wide = _png(random_image(rng, int(rng.integers(20, 45)), int(rng.integers(2000, 3000))))
+    files = {
+        "scan 300 dpi, 1120 tokens": (scan, 1120),
+        "scan 300 dpi, 280 tokens": (scan, 280),
+        "odd, 1120 tokens": (odd, 1120),  # under the target: enlarged
+        "odd, 280 tokens": (odd, 280),
+        "very wide, 280 tokens": (wide, 280),  # height rounds up to one patch row
+        "200x1215, 70 tokens": (_png(random_image(rng, 200, 1215)), 70),
+    }
+    out = {}
+    for label, (data, budget) in files.items():
+        page = next(iter(pages.open_pages(data, "page", pages.PageGeometry(budget))))
+        want = reference.run(Case(PAGE_PROMPT, images=[Image.open(io.BytesIO(data))], max_soft_tokens=budget),
+                             MAX_NEW_TOKENS)
+        out[label] = (data, budget, page, want)
+    return out
+
+
+def test_pages_prepared_for_the_model_match_the_reference_on_the_original(llm, documents):
+    """Each page as the batch job ships it (an encoded PIL page, pickled; do_resize=False for pages
+    already at their model size): prompt ids, greedy ids and logprobs equal the reference's on the
+    original file."""
+    import pickle
+
     from vllm import SamplingParams
 
-    odd = random_image(rng, 200, 1215)  # -> 960x144 at 70 tokens; 960x144 itself -> a larger size
-    buf = io.BytesIO()
-    odd.save(buf, format="PNG")
-    inputs = {"scan 300 dpi, 1120 tokens": (samples.scan_page(300, seed=int(rng.integers(1000))), 1120),
-              "200x1215, 70 tokens": (buf.getvalue(), 70)}
-    for label, (data, budget) in inputs.items():
-        page = next(iter(pages.open_pages(data, "page", pages.PageGeometry(budget))))
-        assert page.form == "resized", label
-        image = pickle.loads(pickle.dumps(page.image))
-        kwargs = {"max_soft_tokens": budget, **page.processor_kwargs}
-        want = reference.run(Case(chat_prompt("<image_soft_token>Read."), images=[Image.open(io.BytesIO(data))],
-                                  max_soft_tokens=budget), MAX_NEW_TOKENS)
-        got = llm.generate([{"prompt": chat_prompt("<image_soft_token>Read."), "multi_modal_data": {"image": [image]},
-                             "mm_processor_kwargs": kwargs}], sampling())[0]
+    assert documents["scan 300 dpi, 1120 tokens"][2].form == "resized"
+    assert documents["200x1215, 70 tokens"][2].form == "resized"
+    prompts = [
+        {"prompt": PAGE_PROMPT, "multi_modal_data": {"image": [pickle.loads(pickle.dumps(page.image))]},
+         "mm_processor_kwargs": {"max_soft_tokens": budget, **page.processor_kwargs}}
+        for _, budget, page, _ in documents.values()
+    ]
+    for (label, (_, _, _, want)), got in zip(documents.items(), llm.generate(prompts, sampling()), strict=True):
         assert_same(want, from_vllm(got), f"{label} (PARITY_SEED={SEED})")
-        # The chat path the batch job and the endpoint use: vLLM's image_pil content part.
+    # The chat path the batch job and the endpoint use: vLLM's image_pil content part.
+    for label in ("scan 300 dpi, 1120 tokens", "200x1215, 70 tokens"):
+        _, budget, page, want = documents[label]
         messages = [{"role": "user", "content": [page.content_part(), {"type": "text", "text": "Read."}]}]
         chat = llm.chat(messages, SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0),
-                        chat_template_content_format="openai", mm_processor_kwargs=kwargs)[0]
+                        chat_template_content_format="openai",
+                        mm_processor_kwargs={"max_soft_tokens": budget, **page.processor_kwargs})[0]
         assert list(chat.outputs[0].token_ids) == want.output_ids, label
+
+
+def test_page_pixels_match_the_reference_on_the_original(llm, reference, documents, rng):
+    """The front end's cheap path (model.inputs.page_pixels: uint8 pixels at the model size, rescaled
+    on the device): the same answers as the reference on the original file, in one batch with the
+    same page twice (the second is served by the processor and prefix caches under its content id)
+    and a page next to an audio clip (the clip still goes through the reference processor)."""
+    from PIL import Image
+
+    from model.inputs import pages
+    from model.inputs.page_pixels import engine_prompt, page_pixels
+
+    labels, prompts, wants = [], [], []
+    for label, (_, budget, page, want) in documents.items():
+        labels.append(label)
+        prompts.append(engine_prompt(PAGE_PROMPT, page_pixels(page, pages.PageGeometry(budget))))
+        wants.append(want)
+    labels.append("scan 300 dpi, 1120 tokens, again")
+    prompts.append(prompts[0])
+    wants.append(wants[0])
+    data, budget, page, _ = documents["odd, 280 tokens"]
+    clip = random_audio(rng, int(rng.integers(3000, 40000)))
+    with_audio = engine_prompt(chat_prompt("<image_soft_token><audio_soft_token>Match?"),
+                               page_pixels(page, pages.PageGeometry(budget)))
+    with_audio["multi_modal_data"]["audio"] = [(clip, 16_000)]
+    labels.append("page + audio")
+    prompts.append(with_audio)
+    wants.append(reference.run(Case(with_audio["prompt"], images=[Image.open(io.BytesIO(data))], audios=[clip],
+                                    max_soft_tokens=budget), MAX_NEW_TOKENS))
+    for label, want, got in zip(labels, wants, llm.generate(prompts, sampling()), strict=True):
+        assert_same(want, from_vllm(got), f"page pixels, {label} (PARITY_SEED={SEED})")
+
+
+def test_the_front_end_passes_page_pixels_through_without_the_image_processor(llm, rng):
+    """What the engine core receives: uint8 page pixels for a page array, the reference processor's
+    float32 patches for a PIL page or when the request overrides the normalisation. A separate
+    input processor on the engine's config, so nothing enters the engine's own processor cache
+    without reaching the engine core."""
+    import torch
+    from PIL import Image
+    from vllm import SamplingParams
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    from model.inputs.page_pixels import PagePixels, engine_prompt
+
+    front_end = InputProcessor(llm.llm_engine.vllm_config)
+    array = rng.integers(0, 256, (288, 192, 3), dtype=np.uint8)  # 6x4 patches, never sent to the engine
+
+    def fields(request: dict) -> dict:
+        out = front_end.process_inputs("probe", request, SamplingParams(max_tokens=1), ("generate",))
+        [feature] = out.mm_features
+        return {key: (elem.data.dtype, tuple(elem.data.shape)) for key, elem in feature.data.items()}
+
+    page = engine_prompt(PAGE_PROMPT, PagePixels.from_array(array, 280))
+    assert fields(page) == {"page_pixels": (torch.uint8, (288, 192, 3))}
+    pil = {**page, "multi_modal_data": {"image": Image.fromarray(array)}, "multi_modal_uuids": None}
+    assert fields(pil) == {"pixel_values": (torch.float32, (280, 6912)),
+                           "pixel_position_ids": (torch.int64, (280, 2))}
+    override = {**page, "mm_processor_kwargs": {**page["mm_processor_kwargs"], "rescale_factor": 1 / 255}}
+    assert set(fields(override)) == {"pixel_values", "pixel_position_ids"}
+
+
+@pytest.mark.parametrize("array, budget, message", [
+    (np.zeros((100, 130, 3), dtype=np.uint8), 280, r"image of 130x100 pixels is not at a model size for 280"),
+    (np.zeros((1872, 1344, 3), dtype=np.uint8), 280, r"image of 1344x1872 pixels is not at a model size for 280"),
+    (np.zeros((96, 144, 3), dtype=np.float32), 280, r"must be a page's uint8 RGB pixels .* got dtype float32"),
+    (np.zeros((96, 144), dtype=np.uint8), 280, r"must be a page's uint8 RGB pixels .* shape \(96, 144\)"),
+])
+def test_a_malformed_page_array_is_refused(llm, array, budget, message):
+    prompt = {"prompt": PAGE_PROMPT, "multi_modal_data": {"image": [array]},
+              "mm_processor_kwargs": {"max_soft_tokens": budget, "do_resize": False}}
+    with pytest.raises(Exception, match=message):
+        llm.generate([prompt], sampling())
 
 
 def test_do_resize_false_refuses_an_image_that_is_not_at_a_model_size(llm, rng):
