@@ -135,7 +135,7 @@ def check_output(work_root: str, spec: JobSpec) -> None:
     probe_uri = f"{work_root.rstrip('/')}/_preflight/probe-{uuid.uuid4().hex[:12]}.parquet"
     # The work area's filesystem with fewer SDK attempts: a store that refuses uploads answers
     # the same every time, and the job's 8 attempts with backoff take a minute to say so.
-    storage = dataclasses.replace(spec.storage, max_attempts=min(spec.storage.max_attempts, PROBE_ATTEMPTS))
+    storage = spec.storage.model_copy(update={"max_attempts": min(spec.storage.max_attempts, PROBE_ATTEMPTS)})
     fs, path = resolve(probe_uri, storage)
     local = isinstance(fs, pafs.LocalFileSystem)
     try:
