@@ -216,9 +216,11 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
     from jobs.spec import JobSpec
 
     out = items_dir.parent / "out-pipeline"
-    spec = JobSpec(inputs=[str(items_dir)], output=str(out), model=model, max_new_tokens=max_new_tokens,
-                   max_model_len=4096, run_id="bench", error_threshold=0.0, **overrides)
-    settings = spec.engine_settings()
+    engine = {"model": model, "max_model_len": 4096, **{k: v for k, v in overrides.items() if k == "max_num_seqs"}}
+    run = {"run_id": "bench", "error_threshold": 0.0, **{k: v for k, v in overrides.items() if k != "max_num_seqs"}}
+    spec = JobSpec(inputs=[str(items_dir)], output={"uri": str(out), "max_new_tokens": max_new_tokens},
+                   engine=engine, run=run)
+    settings = spec.engine
     max_num_seqs = settings.resolved_max_num_seqs()
     # Ray's metrics agent reports every 10 s by default: too coarse for a run of seconds. Every
     # 200 ms cost the metrics agent a fifth of a core (measured), 1 s costs little and still gives
@@ -251,8 +253,8 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
         "end_to_end_items_per_s": n_items / (time.time() - started),
         "batches_seen": len({round(t, 2) for t in done}),
         "max_num_seqs": max_num_seqs,
-        "batch_size": spec.batch_size,
-        "concurrent_batches": spec.concurrent_batches(max_num_seqs),
+        "batch_size": spec.run.batch_size,
+        "concurrent_batches": spec.run.concurrent_batches(max_num_seqs),
         "steady_s": steady_end - done[0],
         "mean_running": occupancy["running"],
         "mean_waiting": occupancy["waiting"],
@@ -266,9 +268,9 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
 def bench_vllm(model: str, conversations, max_new_tokens: int, max_num_seqs: int | None = None) -> dict:
     from vllm import LLM, SamplingParams
 
-    from model.engine import EngineSettings
+    from model.engine import EngineConfig
 
-    settings = EngineSettings(model=model, max_model_len=4096, max_images_per_prompt=1, max_audios_per_prompt=1,
+    settings = EngineConfig(model=model, max_model_len=4096, max_images_per_prompt=1, max_audios_per_prompt=1,
                               max_num_seqs=max_num_seqs)
     settings.apply_env()
     started = time.perf_counter()

@@ -50,7 +50,7 @@ class StorageError(OSError):
 
 
 class StorageConfig(BaseModel):
-    """How S3-compatible stores are reached (credentials: the AWS chain of the process using it)."""
+    """storage: S3-compatible object stores (credentials: the AWS chain of the process using them)"""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -94,7 +94,7 @@ def check(spec: JobSpec, work_root: str, *, attached: bool | None = None) -> Pre
     t1 = time.perf_counter()
     check_output(work_root, spec)
     t2 = time.perf_counter()
-    checked = check_model(spec.model, attached=attached)
+    checked = check_model(spec.engine.model, attached=attached)
     t3 = time.perf_counter()
     return PreflightReport(inputs_s=t1 - t0, output_s=t2 - t1, model_s=t3 - t2, model_checked=checked)
 
@@ -147,10 +147,10 @@ def check_output(work_root: str, spec: JobSpec) -> None:
         _delete_quietly(fs, path)  # a store may keep an upload it answered as failed
         if local and getattr(exc, "errno", None) in _COMMAND_ERRNOS:
             raise PreflightConfigError(
-                "output", f"the output {spec.output} is not writable here: writing {probe_uri} failed: "
+                "output", f"the output {spec.output.uri} is not writable here: writing {probe_uri} failed: "
                 f"{_answer(exc)}") from None
         raise PreflightError(
-            "output", f"the output {spec.output} refuses writes: a {PROBE_BYTES // 2**20} MiB probe "
+            "output", f"the output {spec.output.uri} refuses writes: a {PROBE_BYTES // 2**20} MiB probe "
             f"written to {probe_uri} the way the work area is written (multipart upload on S3) failed: "
             f"{_answer(exc)}") from None
     try:
@@ -159,12 +159,12 @@ def check_output(work_root: str, spec: JobSpec) -> None:
         if rows != 1:
             raise OSError(f"the probe reads back with {rows} rows, not 1")
     except Exception as exc:  # noqa: BLE001
-        raise PreflightError("output", f"the output {spec.output} accepted a write to {probe_uri} but "
+        raise PreflightError("output", f"the output {spec.output.uri} accepted a write to {probe_uri} but "
                                        f"does not read it back: {_answer(exc)}") from None
     try:
         fs.delete_file(path)
     except Exception as exc:  # noqa: BLE001
-        raise PreflightError("output", f"the output {spec.output} refuses deletes (resume and finalize "
+        raise PreflightError("output", f"the output {spec.output.uri} refuses deletes (resume and finalize "
                                        f"replace files): deleting {probe_uri} failed: {_answer(exc)}") from None
     if local:
         try:

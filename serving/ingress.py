@@ -143,9 +143,9 @@ def model_card(model_id: str, llm_config, config: ServingConfig) -> ServedModelC
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
 
     card = to_model_metadata(model_id, llm_config)
-    metadata = {**card.metadata, "max_request_context_length": config.max_model_len}
+    metadata = {**card.metadata, "max_request_context_length": config.engine.max_model_len}
     return ServedModelCard(**{**card.model_dump(), "metadata": metadata}, created=int(time.time()),
-                           root=model_id, max_model_len=config.max_model_len)
+                           root=model_id, max_model_len=config.engine.max_model_len)
 
 
 ENDPOINTS = {
@@ -166,12 +166,12 @@ def build_fastapi_app(config: ServingConfig) -> FastAPI:
     app = init()
     app.add_middleware(
         GuardMiddleware,
-        max_body_bytes=config.max_body_bytes,
-        api_keys_file=config.api_keys_file,
-        api_keys_env=config.api_keys_env,
-        allow_unauthenticated=config.allow_unauthenticated,
-        max_concurrent_per_key=config.max_concurrent_per_key,
-        requests_per_minute_per_key=config.requests_per_minute_per_key,
+        max_body_bytes=config.limits.max_body_bytes,
+        api_keys_file=config.auth.api_keys_file,
+        api_keys_env=config.auth.api_keys_env,
+        allow_unauthenticated=config.auth.allow_unauthenticated,
+        max_concurrent_per_key=config.auth.max_concurrent_per_key,
+        requests_per_minute_per_key=config.auth.requests_per_minute_per_key,
     )
     # Malformed JSON and schema errors: the library answers 400 in OpenAI form. Unknown routes and
     # wrong methods: FastAPI's 404/405 in OpenAI form as well.
