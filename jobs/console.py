@@ -1,6 +1,6 @@
 """What a person running a job sees: one progress line, then the summary. Ray's and vLLM's logs go to a file.
 
-    with Console(log_file=default_log_path("jobs-run", spec.run_id), verbose=False) as con:
+    with Console(log_file=default_log_path("jobs-run", spec.run.run_id), verbose=False) as con:
         summary = run_job(spec, progress=con.progress)
         con.summary(summary)
 
@@ -237,7 +237,7 @@ class Progress:
         self.initial = index.done + index.finished_share
         self.counts = Counts(sources=self.initial)
         total = f"{self.total} sources" if self.total is not None else "sources"
-        self.say(f"[jobs] run {spec.run_id} ({spec.run_date}): {total} in {units.num_rows} input units, "
+        self.say(f"[jobs] run {spec.run.run_id} ({spec.run.run_date}): {total} in {units.num_rows} input units, "
                  f"{index.done} already done, {index.partial} partly done")
         self.close()  # a second run_job in the same console (a retry) starts afresh
         self._stop = threading.Event()
@@ -349,7 +349,7 @@ class NullProgress:
         print(line, flush=True)
 
     def begin(self, spec, units, index) -> None:
-        self.say(f"[jobs] run {spec.run_id} ({spec.run_date}): {units.num_rows} input units, "
+        self.say(f"[jobs] run {spec.run.run_id} ({spec.run.run_date}): {units.num_rows} input units, "
                  f"{index.done} sources already done, {index.partial} partly done")
 
     def attach(self, ds, *, num_cpus: float):
