@@ -429,6 +429,12 @@ def run_job(spec: JobSpec, progress=None) -> dict:
 
     progress: a `jobs.console.Progress` (the command line's progress line); None prints the start line only.
     """
+    try:
+        spec = spec.resolve()  # schema file, checkpoint checks, run date and id (a no-op when resolved)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     progress = progress or NullProgress()
     started = time.time()
     layout = OutputLayout(spec)
