@@ -9,11 +9,11 @@ import time
 import pytest
 
 from serving.config import ServingConfig
-from serving.guard import KeyLimits, KeyStore, fingerprint, parse_keys
+from serving.guard import KeyLimits, KeyStore, fingerprint, parse_key_entries
 
 
 def test_parse_keys_file_and_env_forms():
-    assert parse_keys("# comment\nk1\n  k2  # team b\n\nk3,k4\n") == ["k1", "k2", "k3", "k4"]
+    assert list(parse_key_entries("# comment\nk1\n  k2  # team b\n\nk3,k4\n")) == ["k1", "k2", "k3", "k4"]
 
 
 def test_keystore_matches_and_rotates(tmp_path, monkeypatch):
@@ -140,7 +140,8 @@ def test_guard_adds_server_timing_with_handler_steps():
     async def handler(scope, receive, send):
         clock = timing.of(scope)
         clock.step("parse")
-        clock.add("llm", 0.012)
+        time.sleep(0.012)
+        clock.step("llm")
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": b"{}"})
 
@@ -150,7 +151,7 @@ def test_guard_adds_server_timing_with_handler_steps():
     assert status == 200
     steps = timing.parse_header(headers["server-timing"])
     assert list(steps) == ["guard", "parse", "llm", "ingress"]
-    assert steps["llm"] == pytest.approx(12.0)
+    assert steps["llm"] >= 12.0
     assert steps["ingress"] >= steps["guard"] + steps["parse"]
     # Refusals by the guard itself carry no timing (nothing was admitted).
     status, headers, _ = _asgi_call(guard, body=b"x" * 2000)
