@@ -212,6 +212,7 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
     import pyarrow.parquet as pq
     import ray
 
+    from jobs import ray_internals
     from jobs.pipeline import ensure_ray, run_job
     from jobs.spec import JobSpec
 
@@ -227,10 +228,10 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
     # one sample a second.
     # `--no-gauges` leaves Ray's default (what a production run pays) and reports no occupancy.
     ensure_ray(spec, **({"_system_config": {"metrics_report_interval_ms": 1000}} if gauges_on else {}))
-    port = ray._private.worker.global_worker.node.metrics_export_port
+    port = ray_internals.metrics_export_port()
     if os.environ.get("BENCH_DATA_STATS"):  # per-operator wall/CPU times in the log (diagnosis)
         ray.data.DataContext.get_current().enable_auto_log_stats = True
-    session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
+    session_dir = ray_internals.session_dir()
     started = time.time()
     gauges = EngineGauges(port, interval_s=1.0)  # never started with --no-gauges: no samples, occupancy nan
     with gauges if gauges_on else contextlib.nullcontext(), CpuByProcess(session_dir, interval_s=2.0) as cpu:
