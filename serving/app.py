@@ -131,7 +131,7 @@ def build_app_from_config(config: ServingConfig, *, ingress_env: dict | None = N
     config.engine.check_vllm_arguments()
     model_cfg = llm_config(config)
     model_id = config.served_model_id
-    from serving.llm_server import EagerStreamLLMServer
+    from serving.ray_llm_internals import EagerStreamLLMServer
 
     deployment_cls = EagerStreamLLMServer if config.deployment.stream_first_chunk_immediately else None
     # name_prefix: the deployment keeps ray.serve.llm's name, "LLMServer:<model id>".

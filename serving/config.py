@@ -64,7 +64,7 @@ class DeploymentConfig(BaseModel):
         10.0, ge=0, description="the LLM server sends a stream's chunks to the ingress at most once per interval "
         "(ray.serve.llm's stream_batching_interval_ms; Ray's default is 50); 0: every chunk on its own")
     stream_first_chunk_immediately: bool = Field(
-        True, description="send a stream's first chunk as soon as it exists, then batch (serving/llm_server.py); "
+        True, description="send a stream's first chunk as soon as it exists, then batch (serving/ray_llm_internals.py); "
         "false: ray.serve.llm's batcher, which holds the first chunk for one interval")
     llm_access_log: bool = Field(
         False, description="Ray Serve's access log line per call in the model server (the ingress logs every request)")
