@@ -47,7 +47,7 @@ class ChatBackend(Protocol):
 
     config: ServingConfig
 
-    async def _get_model_id(self, model: str | None) -> str: ...
+    async def model_id_for(self, model: str | None) -> str: ...
 
     async def chat_once(self, body: Any) -> Any: ...
 
@@ -147,7 +147,7 @@ async def transcribe_request(ingress: ChatBackend, request: Request) -> Response
         raise RequestError(400, "temperature must be a number and max_tokens an integer.") from None
     if not 0.0 <= temperature <= 2.0 or not 1 <= max_tokens <= config.engine.max_model_len:
         raise RequestError(400, "temperature must be in [0, 2] and max_tokens in [1, max_model_len].")
-    model_id = await ingress._get_model_id(_field(form, "model"))
+    model_id = await ingress.model_id_for(_field(form, "model"))
     task = (_field(form, "prompt") or "").strip() or "transcribe"
     language = _field(form, "language")
 
