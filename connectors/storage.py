@@ -64,8 +64,8 @@ class StorageConfig(BaseModel):
         json_schema_extra={"flag": "--s3-profile"})
     max_attempts: int = Field(8, ge=1, description="AWS SDK standard retries per request (backoff with jitter)",
                               json_schema_extra={"flag": "--s3-max-attempts"})
-    connect_timeout_s: float = Field(10.0, gt=0, json_schema_extra={"flag": "--s3-connect-timeout"})
-    request_timeout_s: float = Field(60.0, gt=0, json_schema_extra={"flag": "--s3-request-timeout"})
+    connect_timeout_s: float = Field(10.0, gt=0, description="seconds", json_schema_extra={"flag": "--s3-connect-timeout"})
+    request_timeout_s: float = Field(60.0, gt=0, description="seconds", json_schema_extra={"flag": "--s3-request-timeout"})
     read_attempts: int = Field(3, ge=1, description="attempts around a whole object read",
                                json_schema_extra={"flag": "--s3-read-attempts"})
 

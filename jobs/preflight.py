@@ -199,10 +199,10 @@ def check_model(model: str, *, attached: bool = False) -> bool:
         raise PreflightConfigError("model", f"{model} is not a Hugging Face checkpoint: no config.json") from None
     except (OSError, ValueError) as exc:
         raise PreflightError("model", f"{config_path} cannot be read: {_answer(exc)}") from None
-    from model.engine import EngineSettings
+    from model.engine import EngineConfig
 
     try:
-        EngineSettings(model=str(root)).architecture_override()  # refuses other architectures
+        EngineConfig(model=str(root)).architecture_override()  # refuses other architectures
     except ValueError as exc:
         raise PreflightConfigError("model", str(exc)) from None
     if not any((root / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):

@@ -33,10 +33,11 @@ _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
 class JobEngine(EngineConfig):
-    """engine: the vLLM engine of each inference actor"""
+    """engine: the vLLM engine (checkpoint, device, precision, memory, multimodal limits, concurrency)"""
 
-    max_images_per_prompt: int = Field(1, ge=0, description="images per engine request (the job sends one page)")
-    max_audios_per_prompt: int = Field(1, ge=0, description="audio clips per engine request (the job sends one chunk)")
+    # The job sends one page or one audio chunk per request: the engine reserves for no more.
+    max_images_per_prompt: int = Field(1, ge=0, description=EngineConfig.model_fields["max_images_per_prompt"].description)
+    max_audios_per_prompt: int = Field(1, ge=0, description=EngineConfig.model_fields["max_audios_per_prompt"].description)
 
 
 class JobPages(PagesConfig):
@@ -58,7 +59,7 @@ class OutputConfig(BaseModel):
     uri: str = Field(description="output root (local path or s3://bucket/prefix)", json_schema_extra={"flag": "--output"})
     task: str = Field("auto", description="auto | markdown (= document) | text | transcribe | an instruction "
                       "(auto: documents -> markdown, audio -> transcribe, or what the checkpoint declares)")
-    max_new_tokens: int = Field(512, ge=1)
+    max_new_tokens: int = Field(512, ge=1, description="new tokens per page or audio chunk")
     json_schema: str | dict | None = Field(
         None, description="decode each page/chunk under this JSON schema (a file, s3:// object or inline JSON) "
         "and validate it; results in the json columns", json_schema_extra={"metavar": "FILE|JSON"})

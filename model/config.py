@@ -192,3 +192,47 @@ def _required(config_cls: type[BaseModel], path: tuple[str, ...]) -> bool:
     for name in path[:-1]:
         fields = _section(fields[name].annotation).model_fields
     return fields[path[-1]].is_required()
+
+
+# -- reference -----------------------------------------------------------------------------------------
+
+
+def reference(configs: dict[str, type[BaseModel]]) -> str:
+    """Markdown tables of every setting of `configs` ({"batch": JobSpec, "endpoint": ServingConfig}),
+    one table per section, each setting once, with its option and default in each configuration."""
+    sections: dict[str, dict] = {}  # section -> {"description", "fields": {name: {config: (field, flag)}}}
+    for config_name, config_cls in configs.items():
+        options = flags(config_cls)
+        for group, description, path, name, field in _fields(config_cls):
+            key = path[0] if len(path) > 1 else ""
+            section = sections.setdefault(key, {"description": description or "", "fields": {}})
+            section["fields"].setdefault(name, {})[config_name] = (field, options[path])
+    lines = []
+    for key, section in sections.items():
+        title = f"`{key}`: {section['description']}" if key else "top level"
+        lines += [f"### {title}", "", "| setting | option | " + " | ".join(f"{c} default" for c in configs)
+                  + " | meaning |", "|---|---|" + "---|" * len(configs) + "---|"]
+        for name, where in section["fields"].items():
+            field, flag = next(iter(where.values()))
+            defaults = []
+            for config_name in configs:
+                if config_name not in where:
+                    defaults.append("-")
+                    continue
+                f = where[config_name][0]
+                defaults.append("required" if f.is_required() else f"`{_shown(f.get_default(call_default_factory=True))}`")
+            setting = f"{key}.{name}" if key else name
+            meaning = (field.description or "").replace("|", "\\|")
+            lines.append(f"| `{setting}` | `{flag}` | " + " | ".join(defaults) + f" | {meaning} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "unset"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)

@@ -39,19 +39,19 @@ CPU_MAX_NUM_SEQS = 64
 
 
 class EngineConfig(BaseModel):
-    """vLLM engine: checkpoint, device, precision, memory, multimodal limits and concurrency."""
+    """engine: the vLLM engine (checkpoint, device, precision, memory, multimodal limits, concurrency)"""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     model: str = Field(description="checkpoint directory (Hugging Face layout)")
-    device: Device = "auto"
+    device: Device = Field("auto", description="auto: GPU when torch sees one, else CPU")
     dtype: str = Field("auto", description="auto: float32 on CPU, bfloat16 on GPU")
-    max_model_len: int = Field(8192, ge=1)
+    max_model_len: int = Field(8192, ge=1, description="context length: prompt plus new tokens")
     image_tokens: ImageTokens | None = Field(
         None, description="soft tokens per image (documents want 560/1120); default: the checkpoint's")
     max_images_per_prompt: int = Field(4, ge=0, description="images per engine request (a page is one)")
     max_audios_per_prompt: int = Field(4, ge=0, description="audio clips per engine request (a chunk is one)")
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans")
     gpu_memory_utilization: float = Field(0.90, gt=0, le=1, description="share of each GPU's memory vLLM may use")
     kv_cache_dtype: str = Field("auto", description="vLLM's KV-cache dtype (auto: the model's; fp8, ...)")
     max_num_seqs: int | None = Field(

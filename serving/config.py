@@ -35,9 +35,9 @@ class HttpConfig(BaseModel):
 
     model_config = _FROZEN
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    route_prefix: str = "/"
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    route_prefix: str = Field("/", description="path the OpenAI routes are served under")
 
 
 class DeploymentConfig(BaseModel):
@@ -45,14 +45,15 @@ class DeploymentConfig(BaseModel):
 
     model_config = _FROZEN
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    target_ongoing_requests: float = 16
-    max_ongoing_requests: int = Field(64, ge=1)
+    min_replicas: int = Field(1, ge=0, description="LLM server replicas (one engine each); autoscaled between "
+                              "min and max when they differ")
+    max_replicas: int = Field(1, ge=1, description="see min_replicas")
+    target_ongoing_requests: float = Field(16, gt=0, description="requests per replica the autoscaler aims at")
+    max_ongoing_requests: int = Field(64, ge=1, description="requests in flight per LLM server replica")
     max_queued_requests: int = Field(
         256, description="requests each ingress replica queues for the LLM servers once every replica has "
         "max_ongoing_requests in flight; beyond that 503 + Retry-After (the openai client retries); -1: unbounded")
-    ingress_replicas: int = Field(1, ge=1)
+    ingress_replicas: int = Field(1, ge=1, description="ingress (guard, media policy) replicas")
     ingress_num_cpus: float = Field(0.1, ge=0, description="the ingress only parses and forwards: a fraction of a core")
     llm_replica_num_cpus: float | None = Field(
         None, ge=0, description="logical CPUs of the LLMServer replica actor (the engine worker has its own "
@@ -71,8 +72,9 @@ class DeploymentConfig(BaseModel):
     per_request_metrics: bool = Field(
         False, description="vLLM's per-request engine timings (queue, first token, generation) in each "
         "response's `metrics` field; bench/serving.py --hops reads them")
-    graceful_shutdown_timeout_s: float = Field(30.0, ge=0)
-    graceful_shutdown_wait_loop_s: float = Field(2.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(30.0, ge=0, description="how long a stopping replica drains "
+                                               "requests in flight")
+    graceful_shutdown_wait_loop_s: float = Field(2.0, gt=0, description="how often it checks while draining")
 
 
 class AuthConfig(BaseModel):
@@ -99,7 +101,8 @@ class RequestLimits(BaseModel):
 
     model_config = _FROZEN
 
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1, description="request body; also the largest fetched "
+                                "media file (413 / 400 above)")
     max_images_per_request: int | None = Field(None, ge=0, description="default: the engine's max_images_per_prompt")
     max_audios_per_request: int | None = Field(None, ge=0, description="default: the engine's max_audios_per_prompt")
     max_chat_audio_seconds: float = Field(30.0, gt=0, description="per clip in chat; the model's window is 30 s")
@@ -116,7 +119,7 @@ class MediaSources(BaseModel):
         default_factory=list, description="http(s) hosts media may be fetched from, comma-separated; empty: "
         "no http(s) fetches")
     allow_s3_media: bool = Field(True, description="s3:// media URLs, read with the storage settings")
-    media_fetch_timeout_s: float = Field(20.0, gt=0)
+    media_fetch_timeout_s: float = Field(20.0, gt=0, description="per http(s) or s3:// media fetch")
 
     @field_validator("allowed_media_domains", mode="before")
     @classmethod
