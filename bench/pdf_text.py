@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from bench import local
+from model.inputs.pages import SUPPORTED_SOFT_TOKENS
 
 
 def make_corpus(directory: pathlib.Path, digital: int, scanned: int, pages_per_pdf: int, seed: int) -> int:
@@ -116,7 +117,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dpi", type=float, default=300.0, help="PDF render cap (pages render at the model's size)")
-    p.add_argument("--image-tokens", type=int, default=1120, choices=[70, 140, 280, 560, 1120])
+    p.add_argument("--image-tokens", type=int, default=1120, choices=SUPPORTED_SOFT_TOKENS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = p.parse_args()
