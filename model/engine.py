@@ -58,7 +58,7 @@ class EngineConfig(BaseModel):
         None, ge=1, description=f"running sequences per engine (default: vLLM's for the GPU; {CPU_MAX_NUM_SEQS} on CPU)")
     max_num_batched_tokens: int | None = Field(None, ge=1, description="tokens per engine step (default: vLLM's)")
     cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
-    seed: int = Field(0, description="engine seed (decoding is greedy; retries sample with it)")
+    seed: int = Field(0, description="vLLM's seed (the batch job's requests use it too)")
     enforce_eager: bool | None = Field(None, description="default: eager on CPU, CUDA graphs on GPU")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="any other vLLM engine argument, as JSON (applied last)")
