@@ -115,8 +115,15 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: type[BaseModel], 
         elif typing.get_origin(kind) is list and extra.get("repeat"):
             options["action"] = "append"
         elif kind is dict or typing.get_origin(kind) is dict:
-            options.update(type=json.loads, metavar=extra.get("metavar") or "JSON")
+            options.update(type=_json, metavar=extra.get("metavar") or "JSON")
         groups[group].add_argument(_flag(name, field), **options)
+
+
+def _json(text: str):
+    return json.loads(text)
+
+
+_json.__name__ = "JSON"  # argparse names the type in its message: "invalid JSON value: ..."
 
 
 def _help(field) -> str:
@@ -125,9 +132,7 @@ def _help(field) -> str:
     if field.is_required():
         return (text + " (required)").strip()
     if default not in (None, {}, [], ()):
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default).lower() if isinstance(
-            default, bool) else default
-        text = f"{text} (default: {shown})".strip()
+        text = f"{text} (default: {_shown(default)})".strip()
     return text.replace("%", "%%")
 
 
