@@ -105,7 +105,7 @@ def llm_config(config: ServingConfig):
 
 
 def build_app(args: dict):
-    """Serve application builder: `serve run serving.app:build_app model=...` or a Serve config's args.
+    """Serve application builder: `serve run serving.app:build_app engine.model=...` or a Serve config's args.
 
     Serve calls builders with exactly one argument, the args dict: `ServingConfig` sections, or dotted
     keys from `serve run serving.app:build_app engine.model=PATH auth.api_keys_file=F`. One extra
@@ -121,18 +121,16 @@ def build_app(args: dict):
 def build_app_from_config(config: ServingConfig, *, ingress_env: dict | None = None):
     """The Serve application for a validated config (see `build_app`)."""
     from ray import serve
-
-    from connectors.storage import store_env
     from ray.serve.llm import build_llm_deployment
     from ray.serve.llm.ingress import make_fastapi_ingress
 
+    from connectors.storage import store_env
     from serving.ingress import ENDPOINTS, GuardedOpenAiIngress, build_fastapi_app, model_card
+    from serving.ray_llm_internals import EagerStreamLLMServer
 
     config.engine.check_vllm_arguments()
     model_cfg = llm_config(config)
     model_id = config.served_model_id
-    from serving.ray_llm_internals import EagerStreamLLMServer
-
     deployment_cls = EagerStreamLLMServer if config.deployment.stream_first_chunk_immediately else None
     # name_prefix: the deployment keeps ray.serve.llm's name, "LLMServer:<model id>".
     server = build_llm_deployment(model_cfg, deployment_cls=deployment_cls, name_prefix="LLMServer:")
