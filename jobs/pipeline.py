@@ -1,7 +1,8 @@
 """The batch job: read -> decode -> prompt -> infer -> assemble -> write, on Ray Data + ray.data.llm.
 
     from jobs.pipeline import run_job
-    summary = run_job(JobSpec(inputs=["s3://scans/2026-11-22/"], output="s3://tables/ocr", model=...))
+    summary = run_job(JobSpec(inputs=["s3://scans/2026-11-22/"], output={"uri": "s3://tables/ocr"},
+                              engine={"model": ...}))
 
 Two phases per invocation:
 
