@@ -6,8 +6,8 @@
 Sections: `engine`, `pages`, `audio` and `storage` are the endpoint's types too (model.config);
 `parquet` (input columns), `output` (what each input becomes, and where) and `run` (identity,
 resources, reliability) are the job's own. Validation is pure; `resolve()` does the I/O once, where the
-job starts: it reads the JSON schema file, checks the audio settings against the checkpoint and the
-engine arguments against vLLM, and fixes the run date and run id.
+job starts: it reads the JSON schema file, checks the audio settings against the checkpoint, and fixes
+the run date and run id. `run_job` also checks the engine arguments against the installed vLLM.
 """
 
 from __future__ import annotations
@@ -176,9 +176,10 @@ class JobSpec(BaseModel):
     # -- where the job starts ------------------------------------------------------------------
     def resolve(self) -> JobSpec:
         """This spec with what needs I/O settled, once: the JSON schema read from its file (s3:// or
-        local) and kept inline, the audio settings checked against the checkpoint's window, the
-        engine arguments against vLLM, the run date and run id fixed. Raises ValueError naming the
-        setting to change. Resolving a resolved spec changes nothing."""
+        local) and kept inline, the audio settings checked against the checkpoint's window, the run
+        date and run id fixed. Raises ValueError naming the setting to change. Resolving a resolved
+        spec changes nothing. (No vLLM import here: `jobs.run` resolves before its log file takes
+        the console, and a notebook submitting a job may not have vLLM.)"""
         output = self.output
         if isinstance(output.json_schema, str) and not output.json_schema.lstrip().startswith("{"):
             from connectors.storage import read_bytes
@@ -193,7 +194,6 @@ class JobSpec(BaseModel):
             self.audio.to_segmentation().max_samples(self.engine.checkpoint_audio().frames)
         except ValueError as exc:
             raise ValueError(f"audio: {exc}") from None
-        self.engine.check_vllm_arguments()
         run = self.run
         if run.run_date is None:
             run = run.model_copy(update={"run_date": dt.datetime.now(dt.timezone.utc).date().isoformat()})

@@ -64,15 +64,15 @@ class EngineConfig(BaseModel):
         default_factory=dict, description="any other vLLM engine argument, as JSON (applied last)")
 
     def check_vllm_arguments(self) -> None:
-        """Refuse engine_kwargs vLLM does not know and a KV-cache dtype it cannot use (imports vLLM:
-        call it where the job or endpoint starts, not in validation)."""
+        """Refuse engine_kwargs vLLM does not know and a KV-cache dtype it cannot use. Imports vLLM:
+        `run_job` and the endpoint's builder call it where they start, not validation."""
         import dataclasses
         import typing
 
         try:
             from vllm.config.cache import CacheDType
             from vllm.engine.arg_utils import AsyncEngineArgs
-        except ImportError:  # a client without vLLM (a notebook submitting a job): the engine checks them
+        except ImportError:  # no vLLM in this process: the engine checks them where it starts
             return
 
         known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}

@@ -135,8 +135,15 @@ def test_every_setting_from_cli_yaml_and_python(tmp_path):
         0.8, "fp8", False)
 
 
-def test_an_engine_setting_vllm_does_not_know_fails_at_resolve():
-    with pytest.raises(ValueError, match="engine_kwargs: no_such_argument is not a vLLM engine argument"):
-        spec(engine={"engine_kwargs": {"no_such_argument": 1}}).resolve()
-    with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
-        spec(engine={"kv_cache_dtype": "fp7"}).resolve()
+def test_an_engine_setting_vllm_does_not_know_fails_when_the_job_starts(tmp_path):
+    """Before preflight, Ray or an engine: a configuration error (exit 2) naming the setting."""
+    from jobs.exit_codes import ConfigError
+    from jobs.pipeline import run_job
+
+    (tmp_path / "in").mkdir()
+    base = dict(inputs=[str(tmp_path / "in")], output={"uri": str(tmp_path / "out")})
+    with pytest.raises(ConfigError, match="engine_kwargs: no_such_argument is not a vLLM engine argument"):
+        run_job(JobSpec(**base, engine={"model": "m", "engine_kwargs": {"no_such_argument": 1}}))
+    with pytest.raises(ConfigError, match="kv_cache_dtype must be one of"):
+        run_job(JobSpec(**base, engine={"model": "m", "kv_cache_dtype": "fp7"}))
+    assert not (tmp_path / "out").exists()
