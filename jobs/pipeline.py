@@ -432,6 +432,7 @@ def run_job(spec: JobSpec, progress=None) -> dict:
     """
     try:
         spec = spec.resolve()  # schema file, checkpoint checks, run date and id (a no-op when resolved)
+        spec.engine.check_vllm_arguments()
     except ConfigError:
         raise
     except ValueError as exc:
