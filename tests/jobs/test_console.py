@@ -13,7 +13,6 @@ import textwrap
 
 import pytest
 
-from jobs import console
 from jobs.console import Counts, Progress, heartbeat_line, work_counts
 from jobs.exit_codes import ExitCode
 
