@@ -1,6 +1,7 @@
 # The two commands (see README):
 #   make demo   set up, build the model checkpoint, generate sample inputs, run the main job
 #   make test   set up and run the test suite (what .ci/run calls)
+#   make bench  set up and run the benchmarks (BENCH="pages pipeline": only those; bench/__main__.py)
 PY := .venv/bin/python
 
 .PHONY: setup demo test bench
@@ -14,4 +15,4 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -m bench.all
+	$(PY) -m bench $(BENCH)

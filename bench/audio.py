@@ -338,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from vllm import LLM, SamplingParams
 
-    from model.engine import EngineSettings
+    from model.engine import EngineConfig
 
-    settings = EngineSettings(model=str(engine_ckpt), max_model_len=2048, max_images_per_prompt=1,
+    settings = EngineConfig(model=str(engine_ckpt), max_model_len=2048, max_images_per_prompt=1,
                               max_audios_per_prompt=1, max_num_seqs=64)
     settings.apply_env()
     llm = LLM(**settings.vllm_kwargs())

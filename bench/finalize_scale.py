@@ -41,8 +41,8 @@ RUN_ID = "bench"
 def spec_for(root: pathlib.Path):
     from jobs.spec import JobSpec
 
-    return JobSpec(inputs=[str(root / "in")], output=str(root / "out"), model="none", run_id=RUN_ID,
-                   run_date="2026-12-02")
+    return JobSpec(inputs=[str(root / "in")], output={"uri": str(root / "out")}, engine={"model": "none"},
+                   run={"run_id": RUN_ID, "run_date": "2026-12-02"})
 
 
 def make_work_area(root: pathlib.Path, sources: int) -> None:

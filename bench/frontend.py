@@ -120,7 +120,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from model.engine import EngineSettings
+    from model.engine import EngineConfig
     from tests.engines import running_engine
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +132,7 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(model)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Read the page."}]}]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        settings = EngineSettings(model=model, device="cpu", max_model_len=4096, max_images_per_prompt=1,
+        settings = EngineConfig(model=model, device="cpu", max_model_len=4096, max_images_per_prompt=1,
                                   max_audios_per_prompt=1)
         results: dict = {"model": model, "pages_per_block": args.pages, "rounds": args.rounds, "budgets": {}}
         extra = {"mm_tensor_ipc": args.mm_tensor_ipc} if args.mm_tensor_ipc else {}

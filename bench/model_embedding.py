@@ -11,7 +11,7 @@
    Audio clips go through both classes' `_process_audio_input`: upstream already embeds all clips
    of a step in one pass and the project keeps that code, so its ratio is 1 by construction: it
    shows how much noise the machine adds to the ratios (the development machines are shared).
-2. Engine: start time of the tiny checkpoint with vLLM (CPU, EngineSettings) and steady decode
+2. Engine: start time of the tiny checkpoint with vLLM (CPU, EngineConfig) and steady decode
    tokens/s; the same for the bidirectional-vision checkpoint on image prompts, which measures the
    cost of the CPU bidirectional-attention correction (model/cpu_bidirectional.py).
 
@@ -172,9 +172,9 @@ def bench_embedding(repeats: int) -> list[dict]:
 def bench_engine(checkpoint, with_images: bool, n: int, label: str, max_tokens: int = 64) -> dict:
     from vllm import LLM, SamplingParams
 
-    from model.engine import EngineSettings
+    from model.engine import EngineConfig
 
-    settings = EngineSettings(model=str(checkpoint), device="cpu", max_model_len=4096)
+    settings = EngineConfig(model=str(checkpoint), device="cpu", max_model_len=4096)
     settings.apply_env()
     start = time.perf_counter()
     llm = LLM(**settings.vllm_kwargs())
@@ -238,7 +238,7 @@ def main() -> None:
 
     from model.checkpoints.tiny import build
 
-    print("\n== tiny checkpoint on the vLLM CPU engine (EngineSettings, float32) ==")
+    print("\n== tiny checkpoint on the vLLM CPU engine (EngineConfig, float32) ==")
     with tempfile.TemporaryDirectory() as tmp:
         plain = build(f"{tmp}/tiny", seed=0)
         bidi = build(f"{tmp}/tiny_bidi", bidirectional_vision=True, seed=0)

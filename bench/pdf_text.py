@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from bench import local
+from model.inputs.pages import SUPPORTED_SOFT_TOKENS
 
 
 def make_corpus(directory: pathlib.Path, digital: int, scanned: int, pages_per_pdf: int, seed: int) -> int:
@@ -55,11 +56,11 @@ def per_page_costs(directory: pathlib.Path, model: str, image_tokens: int, dpi: 
     """ms per page: reading the text layer (text page + object walk + verdict) vs preparing the page
     for the model (`model.inputs.pages`: rendering at the model's size, kept encoded), on one
     born-digital PDF of the corpus."""
-    from jobs.spec import JobSpec
+    from model.engine import EngineConfig
     from model.inputs import media, pages, pdf_text
 
     data = sorted(directory.glob("digital*.pdf"))[0].read_bytes()
-    geometry = JobSpec(inputs=["x"], output="o", model=model, image_tokens=image_tokens).page_geometry()
+    geometry = EngineConfig(model=model, image_tokens=image_tokens).page_geometry()
     limits = media.MediaLimits(pdf_dpi=dpi)
     layer_s, prepare_s = [], []
     for _ in range(3):
@@ -78,10 +79,10 @@ def run(model: str, corpus: pathlib.Path, out: pathlib.Path, mode: str, pages: i
     from jobs.pipeline import run_job
     from jobs.spec import JobSpec
 
-    spec = JobSpec(inputs=[str(corpus)], output=str(out / mode), model=model, max_new_tokens=args.max_new_tokens,
-                   max_model_len=4096, batch_size=args.batch_size, pdf_dpi=args.dpi, pdf_text=mode,
-                   image_tokens=args.image_tokens,
-                   run_id=f"bench-{mode}", error_threshold=0.0)
+    spec = JobSpec(inputs=[str(corpus)], engine={"model": model, "max_model_len": 4096, "image_tokens": args.image_tokens},
+                   output={"uri": str(out / mode), "max_new_tokens": args.max_new_tokens},
+                   pages={"pdf_dpi": args.dpi, "pdf_text": mode},
+                   run={"batch_size": args.batch_size, "run_id": f"bench-{mode}", "error_threshold": 0.0})
     started = time.time()
     summary = run_job(spec)
     wall = time.time() - started
@@ -116,7 +117,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dpi", type=float, default=300.0, help="PDF render cap (pages render at the model's size)")
-    p.add_argument("--image-tokens", type=int, default=1120, choices=[70, 140, 280, 560, 1120])
+    p.add_argument("--image-tokens", type=int, default=1120, choices=SUPPORTED_SOFT_TOKENS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = p.parse_args()

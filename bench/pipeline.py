@@ -214,23 +214,26 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
     import pyarrow.parquet as pq
     import ray
 
+    from jobs import ray_internals
     from jobs.pipeline import ensure_ray, run_job
     from jobs.spec import JobSpec
 
     out = items_dir.parent / "out-pipeline"
-    spec = JobSpec(inputs=[str(items_dir)], output=str(out), model=model, max_new_tokens=max_new_tokens,
-                   max_model_len=4096, run_id="bench", error_threshold=0.0, **overrides)
-    settings = spec.engine_settings()
+    engine = {"model": model, "max_model_len": 4096, **{k: v for k, v in overrides.items() if k == "max_num_seqs"}}
+    run = {"run_id": "bench", "error_threshold": 0.0, **{k: v for k, v in overrides.items() if k != "max_num_seqs"}}
+    spec = JobSpec(inputs=[str(items_dir)], output={"uri": str(out), "max_new_tokens": max_new_tokens},
+                   engine=engine, run=run)
+    settings = spec.engine
     max_num_seqs = settings.resolved_max_num_seqs()
     # Ray's metrics agent reports every 10 s by default: too coarse for a run of seconds. Every
     # 200 ms cost the metrics agent a fifth of a core (measured), 1 s costs little and still gives
     # one sample a second.
     # `--no-gauges` leaves Ray's default (what a production run pays) and reports no occupancy.
     ensure_ray(spec, **({"_system_config": {"metrics_report_interval_ms": 1000}} if gauges_on else {}))
-    port = ray._private.worker.global_worker.node.metrics_export_port
+    port = ray_internals.metrics_export_port()
     if os.environ.get("BENCH_DATA_STATS"):  # per-operator wall/CPU times in the log (diagnosis)
         ray.data.DataContext.get_current().enable_auto_log_stats = True
-    session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
+    session_dir = ray_internals.session_dir()
     started = time.time()
     gauges = EngineGauges(port, interval_s=1.0)  # never started with --no-gauges: no samples, occupancy nan
     with gauges if gauges_on else contextlib.nullcontext(), CpuByProcess(session_dir, interval_s=2.0) as cpu:
@@ -253,8 +256,8 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
         "end_to_end_items_per_s": n_items / (time.time() - started),
         "batches_seen": len({round(t, 2) for t in done}),
         "max_num_seqs": max_num_seqs,
-        "batch_size": spec.batch_size,
-        "concurrent_batches": spec.concurrent_batches(max_num_seqs),
+        "batch_size": spec.run.batch_size,
+        "concurrent_batches": spec.run.concurrent_batches(max_num_seqs),
         "steady_s": steady_end - done[0],
         "mean_running": occupancy["running"],
         "mean_waiting": occupancy["waiting"],
@@ -268,9 +271,9 @@ def bench_pipeline(model: str, items_dir: pathlib.Path, n_items: int, max_new_to
 def bench_vllm(model: str, conversations, max_new_tokens: int, max_num_seqs: int | None = None) -> dict:
     from vllm import LLM, SamplingParams
 
-    from model.engine import EngineSettings
+    from model.engine import EngineConfig
 
-    settings = EngineSettings(model=model, max_model_len=4096, max_images_per_prompt=1, max_audios_per_prompt=1,
+    settings = EngineConfig(model=model, max_model_len=4096, max_images_per_prompt=1, max_audios_per_prompt=1,
                               max_num_seqs=max_num_seqs)
     settings.apply_env()
     started = time.perf_counter()

@@ -4,7 +4,7 @@
                             [--requests-per-level N] [--rounds R] [--max-tokens 8] [--vllm-client]
 
 Starts vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`, engine flags rendered from
-`EngineSettings.vllm_kwargs()`) once, then each endpoint variant in turn as users run it
+`EngineConfig.vllm_kwargs()`) once, then each endpoint variant in turn as users run it
 (`python -m serving.app`, API key on, per-key limits and media policy on), and measures the two
 alternately: at each level, rounds of A B then B A, each block preceded by a quiet gap.
 
@@ -195,7 +195,7 @@ def hops(samples: list[dict]) -> dict[str, float]:
 
 
 def _vllm_cli_args(settings) -> list[str]:
-    """EngineSettings.vllm_kwargs() as `vllm serve` flags (the same engine the endpoint builds)."""
+    """EngineConfig.vllm_kwargs() as `vllm serve` flags (the same engine the endpoint builds)."""
     args: list[str] = []
     for key, value in settings.vllm_kwargs().items():
         flag = "--" + key.replace("_", "-")
@@ -369,7 +369,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
 
-    from model.engine import EngineSettings
+    from model.engine import EngineConfig
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-serving-"))
     model = args.model
@@ -377,7 +377,7 @@ def main(argv=None) -> int:
         from model.checkpoints.tiny import build
 
         model = str(build(work / "tiny"))
-    settings = EngineSettings(model=model, device=args.device, max_model_len=args.max_model_len)
+    settings = EngineConfig(model=model, device=args.device, max_model_len=args.max_model_len)
     env = {**os.environ, **settings.env(), "RAY_USAGE_STATS_ENABLED": "0"}
     model_id = "bench-model"
     report: dict = {"model": model, "device": settings.resolved_device(), "max_tokens": args.max_tokens,

@@ -18,10 +18,11 @@ become one error row, while Ray's file reader fails the whole job on the first o
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 from collections.abc import Iterator
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.storage import StorageConfig, list_files, resolve
 
@@ -33,15 +34,16 @@ SCHEMA_COLUMNS = ("json_schema",)
 NAME_COLUMNS = ("filename", "file_name", "name")
 
 
-@dataclasses.dataclass(frozen=True)
-class ParquetColumns:
-    """Explicit column names (None: detect from the usual names above)."""
+class ParquetColumns(BaseModel):
+    """parquet: columns of Parquet inputs (unset: detected from the usual names)"""
 
-    bytes_column: str | None = None
-    uri_column: str | None = None
-    id_column: str | None = None
-    prompt_column: str | None = None
-    schema_column: str | None = None  # a per-row JSON schema (structured extraction)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bytes_column: str | None = Field(None, description="file bytes")
+    uri_column: str | None = Field(None, description="a URI to read")
+    id_column: str | None = Field(None, description="the source id")
+    prompt_column: str | None = Field(None, description="a per-row task, over the job's")
+    schema_column: str | None = Field(None, description="a per-row JSON schema (structured extraction)")
 
 
 def stable_id(*parts: object) -> str:
@@ -49,10 +51,6 @@ def stable_id(*parts: object) -> str:
 
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
-
-
-def is_parquet(uri: str) -> bool:
-    return uri.lower().endswith(PARQUET_SUFFIXES)
 
 
 def expand_inputs(inputs: list[str], storage: StorageConfig):

@@ -1,6 +1,6 @@
 """What a person running a job sees: one progress line, then the summary. Ray's and vLLM's logs go to a file.
 
-    with Console(log_file=default_log_path("jobs-run", spec.run_id), verbose=False) as con:
+    with Console(log_file=default_log_path("jobs-run", spec.run.run_id), verbose=False) as con:  # model.logfile
         summary = run_job(spec, progress=con.progress)
         con.summary(summary)
 
@@ -31,24 +31,16 @@ import dataclasses
 import io
 import math
 import os
-import pathlib
-import sys
 import threading
 import time
 import traceback
-from typing import IO, Any
+from typing import IO
+
+from model.logfile import LogFile
 
 HEARTBEAT_S = 30.0  # non-terminal progress: at most one line per this many seconds
 TTY_REFRESH_S = 1.0
 RAY_DATA_LOG_INTERVAL_S = "60"  # Ray Data's operator table, in the log file
-
-
-def default_log_path(kind: str, name: str) -> pathlib.Path:
-    """`$G4U_LOG_DIR/<kind>-<name>-<time>.log`, by default beside Ray's own logs (`$RAY_TMPDIR/ray` or
-    /tmp/ray, what `ray start` and `ray.init` use), in `g4u-logs/`."""
-    base = os.environ.get("G4U_LOG_DIR")
-    root = pathlib.Path(base) if base else pathlib.Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "g4u-logs"
-    return root / f"{kind}-{name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
 
 
 def format_interval(seconds: float | None) -> str:
@@ -58,61 +50,6 @@ def format_interval(seconds: float | None) -> str:
     from tqdm import tqdm
 
     return tqdm.format_interval(max(0, int(seconds)))
-
-
-class LogFile:
-    """Redirect file descriptors 1 and 2 to `path` for the duration; `out` is the console (the original
-    stdout). With `verbose`, nothing is redirected and `out` is sys.stdout."""
-
-    def __init__(self, path: str | os.PathLike, *, verbose: bool = False):
-        self.path = pathlib.Path(path)
-        self.verbose = verbose
-        self.out: IO[str] = sys.stdout
-        self._saved: tuple[int, int] | None = None
-
-    def __enter__(self) -> LogFile:
-        if self.verbose:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self._saved = (os.dup(1), os.dup(2))
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        self.out = os.fdopen(os.dup(self._saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._saved is None:
-            return
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.out.flush()
-        os.dup2(self._saved[0], 1)
-        os.dup2(self._saved[1], 2)
-        for fd in self._saved:
-            os.close(fd)
-        self.out.close()
-        self._saved = None
-        self.out = sys.stdout
-
-    def write(self, text: str) -> None:
-        """Append to the log file itself (with --verbose: stderr). Not through sys.stderr, which an
-        embedding process (pytest, a notebook) may have pointed elsewhere than descriptor 2."""
-        if self._saved is None:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-            return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(text)
-
-    def isatty(self) -> bool:
-        try:
-            return self.out.isatty()
-        except (ValueError, OSError):
-            return False
 
 
 # -- counting (Ray side) --------------------------------------------------------------------------
@@ -237,7 +174,7 @@ class Progress:
         self.initial = index.done + index.finished_share
         self.counts = Counts(sources=self.initial)
         total = f"{self.total} sources" if self.total is not None else "sources"
-        self.say(f"[jobs] run {spec.run_id} ({spec.run_date}): {total} in {units.num_rows} input units, "
+        self.say(f"[jobs] run {spec.run.run_id} ({spec.run.run_date}): {total} in {units.num_rows} input units, "
                  f"{index.done} already done, {index.partial} partly done")
         self.close()  # a second run_job in the same console (a retry) starts afresh
         self._stop = threading.Event()
@@ -349,7 +286,7 @@ class NullProgress:
         print(line, flush=True)
 
     def begin(self, spec, units, index) -> None:
-        self.say(f"[jobs] run {spec.run_id} ({spec.run_date}): {units.num_rows} input units, "
+        self.say(f"[jobs] run {spec.run.run_id} ({spec.run.run_date}): {units.num_rows} input units, "
                  f"{index.done} sources already done, {index.partial} partly done")
 
     def attach(self, ds, *, num_cpus: float):
@@ -437,22 +374,3 @@ def summary_lines(s: dict) -> list[str]:
         f"summary: {s['summary_path']}",
     ]
     return lines
-
-
-def wait_until_answering(url: str, timeout_s: float, *, interval_s: float = 1.0, stop: Any = None) -> float | None:
-    """Seconds until `url` answers 200 (None after timeout_s): a server's readiness, as its clients see it."""
-    import urllib.error
-    import urllib.request
-
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return time.monotonic() - started
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        if stop is not None and stop():
-            return None
-        time.sleep(interval_s)
-    return None

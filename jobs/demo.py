@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # The files just written, not the directory: whatever else lies in it is not part of the demo.
     inputs = [str((args.inputs / name).resolve()) for name in files]
-    spec = JobSpec(inputs=inputs, output=str(args.output.resolve()), model=str(model.resolve()),
-                   max_new_tokens=args.max_new_tokens, max_model_len=4096, batch_size=8,
-                   error_threshold=0.25, pdf_dpi=DEMO_PDF_DPI)
+    spec = JobSpec(inputs=inputs, engine={"model": str(model.resolve()), "max_model_len": 4096},
+                   output={"uri": str(args.output.resolve()), "max_new_tokens": args.max_new_tokens},
+                   pages={"pdf_dpi": DEMO_PDF_DPI}, run={"batch_size": 8, "error_threshold": 0.25}).resolve()
     expected = {name: text for name, (_, text) in files.items()} if args.model is None else {}
     return execute(spec, verbose=args.verbose, log_file=args.log_file, kind="jobs-demo",
                    after=lambda summary, out: show_tables(summary, expected, out))

@@ -10,7 +10,7 @@ outcome, so a nightly scheduler can tell a broken command from a bad night.
 | 130 | interrupted (Ctrl-C) |
 
 2 is argparse's own code for a usage error (and the shell convention for misuse); a finished run over
-its error threshold used to exit 2 as well, which is why it has its own code now.
+its error threshold has a code of its own, so the two never read alike.
 """
 
 from __future__ import annotations

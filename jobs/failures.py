@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import re
 
+from jobs import ray_internals
 from model.engine_report import MARKER
 
 RETRYABLE = ("stall", "lost")
@@ -115,19 +116,11 @@ class EngineErrors:
                 self.lines.append(line.split(MARKER, 1)[1].strip())
 
     def attach(self) -> "EngineErrors":
-        # Ray's dispatcher of forwarded worker output (what prints "(pid=...) ..." lines).
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher
-
-        global_worker_stdstream_dispatcher.add_handler(self.HANDLER, self._on_logs)
+        ray_internals.add_worker_output_handler(self.HANDLER, self._on_logs)
         return self
 
     def detach(self) -> None:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher
-
-        try:
-            global_worker_stdstream_dispatcher.remove_handler(self.HANDLER)
-        except (KeyError, ValueError):
-            pass
+        ray_internals.remove_worker_output_handler(self.HANDLER)
 
     def reason(self) -> str | None:
         """The engine's first reported error, without the pid/process prefix."""
@@ -144,22 +137,19 @@ def release_actor_pools() -> int:
     once their running tasks end, so that lineage reconstruction can still use them. A stalled
     engine's task never ends: without this the frozen engine would keep its memory (its GPU) while
     the next attempt starts another one. Detached actors (Ray Data's cluster-wide singletons) are
-    not touched. Why Ray's private state and core-worker calls: without a dashboard (the job's own
-    local cluster has none) the state API is not available, and `ray.kill` needs a handle the job
-    never had; this is the GCS actor table and what `ray.kill(handle)` itself calls.
+    not touched. The job holds no handle to these actors: jobs/ray_internals.py says why the GCS
+    actor table is read directly.
     """
     import ray
-    from ray._private import state
-    from ray._private.worker import global_worker
 
     job_id = ray.get_runtime_context().get_job_id()
     killed = 0
-    for actor_id, info in state.actors().items():
+    for actor_id, info in ray_internals.job_actors().items():
         if (info["JobID"] != job_id or info["IsDetached"] or "MapWorker" not in info["ActorClassName"]
                 or info["State"] == "DEAD"):
             continue
         try:
-            global_worker.core_worker.kill_actor(ray.ActorID.from_hex(actor_id), True)
+            ray_internals.kill_actor(actor_id)
             killed += 1
         except Exception:  # noqa: BLE001 - already gone
             pass

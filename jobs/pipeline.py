@@ -1,7 +1,8 @@
 """The batch job: read -> decode -> prompt -> infer -> assemble -> write, on Ray Data + ray.data.llm.
 
     from jobs.pipeline import run_job
-    summary = run_job(JobSpec(inputs=["s3://scans/2026-11-22/"], output="s3://tables/ocr", model=...))
+    summary = run_job(JobSpec(inputs=["s3://scans/2026-11-22/"], output={"uri": "s3://tables/ocr"},
+                              engine={"model": ...}))
 
 Two phases per invocation:
 
@@ -72,11 +73,11 @@ def build_llm_processor(spec: JobSpec):
 
     from model.registration import UPSTREAM_ARCHITECTURE
 
-    settings = spec.engine_settings()
+    settings = spec.engine
     on_gpu = settings.resolved_device() == "gpu"
-    tp = spec.tensor_parallel_size
+    tp = spec.engine.tensor_parallel_size
     if on_gpu:
-        gpus = spec.gpus_per_actor if spec.gpus_per_actor is not None else float(tp)
+        gpus = spec.run.gpus_per_actor if spec.run.gpus_per_actor is not None else float(tp)
         bundles = [{"GPU": gpus / tp, "CPU": 1}] * tp
         light = 1.0
         if settings.max_num_seqs is None or settings.max_num_batched_tokens is None:
@@ -89,10 +90,10 @@ def build_llm_processor(spec: JobSpec):
     engine_kwargs.setdefault("structured_outputs_config", dict(structured_outputs.ENGINE_CONFIG))
     # Rows in flight per actor cover what the engine admits (ray.data.llm lets 1.1 x max_num_seqs
     # into it), or the engine runs below its capacity while rows wait upstream.
-    concurrent_batches = spec.concurrent_batches(settings.resolved_max_num_seqs())
+    concurrent_batches = spec.run.concurrent_batches(settings.resolved_max_num_seqs())
     log.info("engine: max_num_seqs=%s max_num_batched_tokens=%s; %d batches of %d rows in flight per actor",
              engine_kwargs.get("max_num_seqs"), engine_kwargs.get("max_num_batched_tokens", "vLLM default"),
-             concurrent_batches, spec.batch_size)
+             concurrent_batches, spec.run.batch_size)
     # The multimodal-parsing stage builds a bare vLLM ModelConfig in a CPU worker where vLLM's
     # plugins are not loaded, so it cannot resolve the project's architecture name. It only needs
     # the placeholder format and per-prompt limits, which the project's class inherits unchanged
@@ -104,11 +105,11 @@ def build_llm_processor(spec: JobSpec):
     if "mm_processor_kwargs" in engine_kwargs:
         parse_config["mm_processor_kwargs"] = engine_kwargs["mm_processor_kwargs"]
     config = vLLMEngineProcessorConfig(
-        model_source=spec.model,
+        model_source=spec.engine.model,
         engine_kwargs=engine_kwargs,
         runtime_env={"env_vars": settings.env()},
-        batch_size=spec.batch_size,
-        concurrency=(spec.actors_min, spec.actors_max),
+        batch_size=spec.run.batch_size,
+        concurrency=spec.run.actors,
         max_concurrent_batches=concurrent_batches,
         placement_group_config={"bundles": bundles},
         should_continue_on_error=True,  # an engine error fails its row, not the job
@@ -118,7 +119,7 @@ def build_llm_processor(spec: JobSpec):
         tokenize_stage={"enabled": True, "num_cpus": light},
         detokenize_stage={"enabled": True, "num_cpus": light},
     )
-    max_new_tokens, seed = spec.max_new_tokens, spec.seed
+    max_new_tokens, seed = spec.output.max_new_tokens, spec.engine.seed
     return build_processor(
         config,
         preprocess=lambda row: stages.to_llm_request(row, max_new_tokens, seed),
@@ -168,8 +169,8 @@ def ensure_ray(spec: JobSpec, **init_kwargs) -> None:
 
     if ray.is_initialized():
         return
-    tag = os.environ.setdefault(PROCESS_TAG_ENV, f"{spec.run_id}-{uuid.uuid4().hex[:8]}")
-    env = {**spec.engine_settings().env(), PROCESS_TAG_ENV: tag}
+    tag = os.environ.setdefault(PROCESS_TAG_ENV, f"{spec.run.run_id}-{uuid.uuid4().hex[:8]}")
+    env = {**spec.engine.env(), PROCESS_TAG_ENV: tag}
     address = os.environ.get("RAY_ADDRESS")
     kwargs: dict = {}
     if not address:
@@ -188,7 +189,7 @@ def ensure_ray(spec: JobSpec, **init_kwargs) -> None:
 def stream(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext, units: pa.Table,
            progress=None) -> None:
     """`units`: the input units still to do (`pending_units`)."""
-    light = 1.0 if spec.engine_settings().resolved_device() == "gpu" else 0.1
+    light = 1.0 if spec.engine.resolved_device() == "gpu" else 0.1
     ds = units_dataset(units).flat_map(stages.expand_unit, fn_kwargs={"ctx": ctx}, num_cpus=light)  # read
     infer_sources(spec, layout, ctx, ds, progress)
 
@@ -197,7 +198,7 @@ def infer_sources(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext,
     """Source rows -> decode+prompt -> infer -> work rows appended to the work area (one engine
     start). The stream and each retry round (jobs/retry.py) run through here."""
     processor, on_gpu = build_llm_processor(spec)
-    decode_cpus = spec.cpus_per_decode_task or (1.0 if on_gpu else 0.5)
+    decode_cpus = spec.run.cpus_per_decode_task or (1.0 if on_gpu else 0.5)
     light = 1.0 if on_gpu else 0.1
     # A decode task yields a block of pages once it holds target_max_block_size bytes (Ray's
     # default, 128 MiB, is a whole 2,000-page PDF at small budgets): smaller blocks let a long
@@ -207,7 +208,7 @@ def infer_sources(spec: JobSpec, layout: OutputLayout, ctx: stages.StageContext,
     ds = ds.flat_map(stages.decode_source, fn_kwargs={"ctx": ctx}, num_cpus=decode_cpus)  # decode+prompt
     ds = processor(ds)  # infer
     ds = ds.map_batches(stages.work_batch, fn_kwargs={"ctx": ctx}, batch_format="numpy",
-                        batch_size=spec.batch_size, num_cpus=light)
+                        batch_size=spec.run.batch_size, num_cpus=light)
     if progress is not None:
         ds = progress.attach(ds, num_cpus=light)  # counts finished work rows for the console
     fs, work_path = resolve(layout.work, spec.storage)
@@ -225,19 +226,19 @@ def summarize(spec: JobSpec, layout: OutputLayout, totals: dict, *, attempt: str
     error_rate = errors / total if total else 0.0
     new_sources, new_segments = int(invocation.get("sources", 0)), int(invocation.get("segments", 0))
     return {
-        "run_id": spec.run_id,
-        "run_date": spec.run_date,
+        "run_id": spec.run.run_id,
+        "run_date": spec.run.run_date,
         "attempt": attempt,
-        "model": spec.model,
-        "task": spec.task,
+        "model": spec.engine.model,
+        "task": spec.output.task,
         "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "wall_s": round(time.time() - started, 3),
         "sources": {"total": total, "ok": total - errors, "error": errors,
                     "by_modality": sources.get("by_modality", {})},
         "error_rate": round(error_rate, 6),
-        "error_threshold": spec.error_threshold,
-        "passed": error_rate <= spec.error_threshold,
+        "error_threshold": spec.run.error_threshold,
+        "passed": error_rate <= spec.run.error_threshold,
         "pages": int(sources.get("pages", 0)),
         "audio_seconds": round(float(sources.get("audio_seconds", 0.0)), 3),
         "segments": int(sources.get("segments", 0)),
@@ -256,8 +257,8 @@ def summarize(spec: JobSpec, layout: OutputLayout, totals: dict, *, attempt: str
         },
         # Output checks: flags (segments and sources), finish reasons, where text came from (model or
         # PDF text layer), text-layer verdicts of PDF pages, retries.
-        "quality": {**totals["quality"], "retries": spec.retries, "strict": spec.strict,
-                    "pdf_text": spec.pdf_text, "retry_rounds_this_invocation": retry_rounds or []},
+        "quality": {**totals["quality"], "retries": spec.output.retries, "strict": spec.output.strict,
+                    "pdf_text": spec.pages.pdf_text, "retry_rounds_this_invocation": retry_rounds or []},
         "errors_sample": sources.get("errors_sample", [])[:20],
         "tables": {"sources": layout.sources, "segments": layout.segments},
         "summary_path": layout.summary,
@@ -312,12 +313,13 @@ def _drop_done_units(units: pa.Table, index: ResumeIndex, spec: JobSpec) -> pa.T
 
 def _stage_context(spec: JobSpec, attempt: str, index: ResumeIndex) -> stages.StageContext:
     return stages.StageContext(
-        run_id=spec.run_id, attempt=attempt, task=spec.task, storage=spec.storage,
-        limits=spec.media_limits(), parquet=spec.parquet, segmentation=spec.audio_segmentation(),
-        audio=spec.checkpoint_audio(),
-        max_new_tokens=spec.max_new_tokens, default_tasks=prompts.default_tasks(spec.model),
-        stop_token_ids=quality.checkpoint_stop_ids(spec.model), max_model_len=spec.max_model_len,
-        json_schema=spec.schema_text(), seed=spec.seed, pdf_text=spec.pdf_text, geometry=spec.page_geometry(),
+        run_id=spec.run.run_id, attempt=attempt, task=spec.output.task, storage=spec.storage,
+        limits=spec.media_limits(), parquet=spec.parquet, segmentation=spec.audio.to_segmentation(),
+        audio=spec.engine.checkpoint_audio(),
+        max_new_tokens=spec.output.max_new_tokens, default_tasks=prompts.default_tasks(spec.engine.model),
+        stop_token_ids=quality.checkpoint_stop_ids(spec.engine.model), max_model_len=spec.engine.max_model_len,
+        json_schema=spec.output.json_schema, seed=spec.engine.seed, pdf_text=spec.pages.pdf_text,
+        geometry=spec.engine.page_geometry(),
         resume=index,
     )
 
@@ -329,7 +331,7 @@ ENGINE_START_TIMEOUT_S = 1800
 
 def stream_attempts(spec: JobSpec, layout: OutputLayout, units: pa.Table, attempt: str,
                     progress) -> tuple[int, stages.StageContext]:
-    """The stream, attempted up to `spec.max_attempts` times; returns how many sources earlier
+    """The stream, attempted up to `spec.run.max_attempts` times; returns how many sources earlier
     invocations had finished, and the stage context the invocation started with.
 
     Each attempt re-reads the work area, so it streams only what is not done yet: where Ray's own
@@ -347,11 +349,11 @@ def stream_attempts(spec: JobSpec, layout: OutputLayout, units: pa.Table, attemp
     # it after ENGINE_START_TIMEOUT_S, and the engine's load time never counts as a stall.
     context.wait_for_min_actors_s = ENGINE_START_TIMEOUT_S
     # Ray Data's no-progress guard: nothing moved through any operator for this long = stalled.
-    context.execution_no_progress_timeout_s = spec.stall_timeout_s
+    context.execution_no_progress_timeout_s = spec.run.stall_timeout_s
     engine_errors = failures.EngineErrors().attach()
     skipped, first = 0, None
     try:
-        for number in range(1, spec.max_attempts + 1):
+        for number in range(1, spec.run.max_attempts + 1):
             index = ResumeIndex.build(spec, layout)
             ctx = _stage_context(spec, attempt, index)
             if number == 1:
@@ -361,7 +363,7 @@ def stream_attempts(spec: JobSpec, layout: OutputLayout, units: pa.Table, attemp
                 progress.begin(spec, units, index)  # counts afresh from the work area
             if not pending.num_rows:
                 break
-            progress.say(f"[jobs] attempt {number}/{spec.max_attempts}: streaming {pending.num_rows} of {units.num_rows} "
+            progress.say(f"[jobs] attempt {number}/{spec.run.max_attempts}: streaming {pending.num_rows} of {units.num_rows} "
                          f"input units ({index.done} sources done, {index.partial} partly done)")
             try:
                 stream(spec, layout, ctx, pending, progress)
@@ -371,21 +373,21 @@ def stream_attempts(spec: JobSpec, layout: OutputLayout, units: pa.Table, attemp
                 if failure.kind == "engine_start":
                     raise failures.JobFailed(
                         f"the engine could not start: {engine_errors.reason() or failure.reason} "
-                        f"(model {spec.model}); nothing more was run") from exc
+                        f"(model {spec.engine.model}); nothing more was run") from exc
                 if not failure.retryable:  # a refused write, a bug: another attempt fails the same way
                     raise failures.JobFailed(
                         f"the stream failed ({failure.reason}); what is done stays in the work area and "
                         f"the next run resumes") from exc
-                if number == spec.max_attempts:
+                if number == spec.run.max_attempts:
                     if failure.kind == "stall":
                         failures.release_actor_pools()
                         _mark_unfinished(spec, layout, units, attempt, _stall_error(spec), progress)
                         break
                     raise failures.JobFailed(
-                        f"attempt {number}/{spec.max_attempts} failed ({failure.reason}) and no attempts "
+                        f"attempt {number}/{spec.run.max_attempts} failed ({failure.reason}) and no attempts "
                         f"are left; what is done stays in the work area and the next run resumes") from exc
                 released = failures.release_actor_pools()
-                progress.say(f"[jobs] attempt {number}/{spec.max_attempts} failed ({failure.kind}: {failure.reason}); "
+                progress.say(f"[jobs] attempt {number}/{spec.run.max_attempts} failed ({failure.kind}: {failure.reason}); "
                              f"{released} actors of it ended; attempting again from the work area")
         return skipped, first
     finally:
@@ -393,8 +395,8 @@ def stream_attempts(spec: JobSpec, layout: OutputLayout, units: pa.Table, attemp
 
 
 def _stall_error(spec: JobSpec) -> str:
-    return (f"not processed: the pipeline made no progress for {spec.stall_timeout_s:.0f} s in each of "
-            f"{spec.max_attempts} attempt(s), each with a fresh engine (the engine stalled, or could not be "
+    return (f"not processed: the pipeline made no progress for {spec.run.stall_timeout_s:.0f} s in each of "
+            f"{spec.run.max_attempts} attempt(s), each with a fresh engine (the engine stalled, or could not be "
             f"placed); a re-run of this run retries it")
 
 
@@ -429,12 +431,19 @@ def run_job(spec: JobSpec, progress=None) -> dict:
 
     progress: a `jobs.console.Progress` (the command line's progress line); None prints the start line only.
     """
+    try:
+        spec = spec.resolve()  # schema file, checkpoint checks, run date and id (a no-op when resolved)
+        spec.engine.check_vllm_arguments()
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     progress = progress or NullProgress()
     started = time.time()
     layout = OutputLayout(spec)
     attempt = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     # Before Ray or any engine starts: inputs listable, output writable, model loadable.
-    report = preflight.check(spec, f"{layout.root}/_work/{spec.run_id}")
+    report = preflight.check(spec, f"{layout.root}/_work/{spec.run.run_id}")
     progress.say(f"[jobs] {report.line()}")
     ensure_ray(spec)
 
@@ -446,13 +455,13 @@ def run_job(spec: JobSpec, progress=None) -> dict:
     skipped, ctx = stream_attempts(spec, layout, units, attempt, progress)
     stream_s = time.time() - stream_started
     progress.streamed()
-    retry_rounds = retry.run_retry_rounds(spec, layout, ctx, infer_sources) if spec.retries else []
+    retry_rounds = retry.run_retry_rounds(spec, layout, ctx, infer_sources) if spec.output.retries else []
     finalize_started = time.time()
     finalize(spec, layout)
     finalize_s = time.time() - finalize_started
     summary = summarize(spec, layout, totals.run_totals(spec, layout, attempt), attempt=attempt, skipped=skipped,
                         started=started, stream_s=stream_s, finalize_s=finalize_s, retry_rounds=retry_rounds)
-    if spec.subtitles:  # a separate step over the finished work area (jobs/subtitles.py)
+    if spec.output.subtitles:  # a separate step over the finished work area (jobs/subtitles.py)
         from jobs import subtitles
 
         summary["subtitles"] = subtitles.write(spec, layout)

@@ -101,7 +101,7 @@ def check(spec: JobSpec, work_root: str, *, attached: bool | None = None) -> Pre
     t1 = time.perf_counter()
     check_output(work_root, spec)
     t2 = time.perf_counter()
-    checked = check_model(spec.model, attached=attached)
+    checked = check_model(spec.engine.model, attached=attached)
     t3 = time.perf_counter()
     return PreflightReport(schema_s=t0 - started, inputs_s=t1 - t0, output_s=t2 - t1, model_s=t3 - t2, model_checked=checked)
 
@@ -117,7 +117,7 @@ def _answer(exc: BaseException) -> str:
 def check_schema(spec: JobSpec) -> None:
     """The job's JSON schema can be run by guided decoding (a Parquet row's own schema is checked
     with its row: a schema nothing can run is that row's error)."""
-    text = spec.schema_text()
+    text = spec.output.json_schema  # resolved: canonical JSON text
     if text is None:
         return
     from model.structured_outputs import UnsupportedSchema, check_schema as check
@@ -159,7 +159,7 @@ def check_output(work_root: str, spec: JobSpec) -> None:
     probe_uri = f"{work_root.rstrip('/')}/_preflight/probe-{uuid.uuid4().hex[:12]}.parquet"
     # The work area's filesystem with fewer SDK attempts: a store that refuses uploads answers
     # the same every time, and the job's 8 attempts with backoff take a minute to say so.
-    storage = dataclasses.replace(spec.storage, max_attempts=min(spec.storage.max_attempts, PROBE_ATTEMPTS))
+    storage = spec.storage.model_copy(update={"max_attempts": min(spec.storage.max_attempts, PROBE_ATTEMPTS)})
     fs, path = resolve(probe_uri, storage)
     local = isinstance(fs, pafs.LocalFileSystem)
     try:
@@ -171,10 +171,10 @@ def check_output(work_root: str, spec: JobSpec) -> None:
         _delete_quietly(fs, path)  # a store may keep an upload it answered as failed
         if local and getattr(exc, "errno", None) in _COMMAND_ERRNOS:
             raise PreflightConfigError(
-                "output", f"the output {spec.output} is not writable here: writing {probe_uri} failed: "
+                "output", f"the output {spec.output.uri} is not writable here: writing {probe_uri} failed: "
                 f"{_answer(exc)}") from None
         raise PreflightError(
-            "output", f"the output {spec.output} refuses writes: a {PROBE_BYTES // 2**20} MiB probe "
+            "output", f"the output {spec.output.uri} refuses writes: a {PROBE_BYTES // 2**20} MiB probe "
             f"written to {probe_uri} the way the work area is written (multipart upload on S3) failed: "
             f"{_answer(exc)}") from None
     try:
@@ -183,12 +183,12 @@ def check_output(work_root: str, spec: JobSpec) -> None:
         if rows != 1:
             raise OSError(f"the probe reads back with {rows} rows, not 1")
     except Exception as exc:  # noqa: BLE001
-        raise PreflightError("output", f"the output {spec.output} accepted a write to {probe_uri} but "
+        raise PreflightError("output", f"the output {spec.output.uri} accepted a write to {probe_uri} but "
                                        f"does not read it back: {_answer(exc)}") from None
     try:
         fs.delete_file(path)
     except Exception as exc:  # noqa: BLE001
-        raise PreflightError("output", f"the output {spec.output} refuses deletes (resume and finalize "
+        raise PreflightError("output", f"the output {spec.output.uri} refuses deletes (resume and finalize "
                                        f"replace files): deleting {probe_uri} failed: {_answer(exc)}") from None
     if local:
         try:
@@ -223,10 +223,10 @@ def check_model(model: str, *, attached: bool = False) -> bool:
         raise PreflightConfigError("model", f"{model} is not a Hugging Face checkpoint: no config.json") from None
     except (OSError, ValueError) as exc:
         raise PreflightError("model", f"{config_path} cannot be read: {_answer(exc)}") from None
-    from model.engine import EngineSettings
+    from model.engine import EngineConfig
 
     try:
-        EngineSettings(model=str(root)).architecture_override()  # refuses other architectures
+        EngineConfig(model=str(root)).architecture_override()  # refuses other architectures
     except ValueError as exc:
         raise PreflightConfigError("model", str(exc)) from None
     if not any((root / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):

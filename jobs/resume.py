@@ -96,12 +96,6 @@ class ResumeIndex:
     def finished_segments(self, source_id: str) -> set[int]:
         return self._sets()[1].get(source_id, set()) if self.partial else set()
 
-    def done_mask(self, source_ids: pa.Array) -> pa.Array:
-        """Which of these ids are done (vectorized, for batches of units)."""
-        if not self.done:
-            return pa.array([False] * len(source_ids))
-        return pc.is_in(source_ids, value_set=self._sets()[2])
-
 
 def _with_bucket(batch: pa.Table, buckets: int) -> pa.Table:
     # A stable hash of the id (Python's hash() is salted per process); crc32 runs at ~10M ids/s.

@@ -104,11 +104,11 @@ def expand_retry_unit(unit: dict, ctx: stages.StageContext, round_index: int):
 
 
 def run_retry_rounds(spec: JobSpec, layout, ctx: stages.StageContext, infer) -> list[dict]:
-    """Rounds 1..spec.retries over the work area; returns what each round did (for the summary).
+    """Rounds 1..spec.output.retries over the work area; returns what each round did (for the summary).
     `infer(spec, layout, ctx, source_rows)`: the pipeline's decode -> infer -> write tail
     (`pipeline.infer_sources`)."""
     done = []
-    for round_index in range(1, spec.retries + 1):
+    for round_index in range(1, spec.output.retries + 1):
         started = time.time()
         work = work_dataset(spec, layout, TARGET_COLUMNS)
         targets = (work.groupby("source_id").map_groups(_targets_of_source(round_index), batch_format="pyarrow")
@@ -118,7 +118,7 @@ def run_retry_rounds(spec: JobSpec, layout, ctx: stages.StageContext, infer) -> 
             done.append(dict(round=round_index, sources=0, segments=0, seconds=round(time.time() - started, 3)))
             continue
         segments = int(targets.map_batches(_count_segments, batch_format="pyarrow").sum("n") or 0)
-        print(f"[jobs] retry round {round_index}/{spec.retries}: {segments} degenerate segments of {sources} sources",
+        print(f"[jobs] retry round {round_index}/{spec.output.retries}: {segments} degenerate segments of {sources} sources",
               flush=True)
         units = targets.groupby("unit_uri").map_groups(_unit_of_targets, batch_format="pyarrow")
         rows = units.flat_map(expand_retry_unit, fn_kwargs={"ctx": ctx, "round_index": round_index})

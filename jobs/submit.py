@@ -40,10 +40,6 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIST_NAME = "gemma4-unified-batch"
 PLUGIN_GROUP = "vllm.general_plugins"
 
-# Non-secret object-store settings copied from the submitting environment into the job's.
-# Credentials are deliberately not copied: job runtime envs are visible in the dashboard; the
-# cluster's nodes get credentials from their own environment (Kubernetes secret, instance profile).
-STORE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -106,8 +102,9 @@ def project_runtime_env(env_vars: dict[str, str] | None = None, *, ship_code: bo
     ship_code=False: use the project installed on the nodes (container image / launcher setup
     commands) and ship nothing; only the environment variables are set.
     """
-    env = {k: os.environ[k] for k in STORE_ENV if os.environ.get(k)}
-    env.update(env_vars or {})
+    from connectors.storage import store_env
+
+    env = {**store_env(), **(env_vars or {})}
     runtime_env: dict[str, Any] = {"env_vars": env}
     if ship_code:
         if not (PROJECT_ROOT / "pyproject.toml").is_file():
@@ -134,72 +131,30 @@ def merge_runtime_env(base: dict, extra: dict | None) -> dict:
 
 # -- job arguments ---------------------------------------------------------------------------------
 def resolve_spec(spec_or_args: Any):
-    """A `jobs.spec.JobSpec` from a JobSpec, a dict of its fields, or `jobs.run` arguments.
+    """A resolved `jobs.spec.JobSpec` from a JobSpec, a mapping of its fields, or `jobs.run` arguments.
 
-    Parsed here, before submission, with the batch job's own parser: a bad argument fails in the
-    notebook, and the run date and run id are fixed at submission (the job and the handle agree).
+    Checked and resolved here, before submission: a bad setting fails in the notebook, a local JSON
+    schema file is read here and travels inline, and the run date and run id are fixed (the job and
+    the handle agree).
     """
     from jobs.run import parser, spec_from_args
     from jobs.spec import JobSpec
 
     if isinstance(spec_or_args, JobSpec):
-        return spec_or_args
-    if isinstance(spec_or_args, dict):
-        return JobSpec.from_dict(dict(spec_or_args))
-    if isinstance(spec_or_args, str):
-        spec_or_args = shlex.split(spec_or_args)
-    return spec_from_args(parser().parse_args([str(a) for a in spec_or_args]))
+        spec = spec_or_args
+    elif isinstance(spec_or_args, dict):
+        spec = JobSpec.model_validate(spec_or_args)
+    else:
+        if isinstance(spec_or_args, str):
+            spec_or_args = shlex.split(spec_or_args)
+        spec = spec_from_args(parser().parse_args([str(a) for a in spec_or_args]))
+    return spec.resolve()
 
 
-def spec_to_argv(spec) -> list[str]:
-    """`jobs.run` arguments that reproduce `spec` on the cluster (run date and run id pinned).
-
-    Refuses a spec with a non-default setting that has no command-line flag, rather than dropping
-    it silently (a local `--spec` file would not exist on the cluster, so everything travels as flags).
-    """
-    from jobs.run import parser
-
-    actions = [a for a in parser()._actions if a.option_strings and a.dest != "help"]
-    flags = {a.dest: a.option_strings[-1] for a in actions}
-    switches = {a.dest for a in actions if a.nargs == 0}  # store_true flags take no value
-    argv: list[str] = []
-    unmapped: list[str] = []
-
-    def add(dest: str, value: Any, default: Any) -> None:
-        if value == default:
-            return
-        if dest not in flags:
-            unmapped.append(dest)
-        elif dest in switches:
-            if value:
-                argv.append(flags[dest])
-        elif value is not None:
-            argv.extend([flags[dest], str(value)])
-
-    for field in dataclasses.fields(spec):
-        value = getattr(spec, field.name)
-        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-        if field.name == "inputs":
-            for uri in value:
-                argv.extend([flags["inputs"], uri])
-        elif field.name in ("actors_min", "actors_max"):
-            continue
-        elif field.name == "json_schema":
-            # The schema itself travels (compact JSON), not a path that may not exist on the cluster.
-            add("json_schema", spec.schema_text(), None)
-        elif field.name == "parquet":
-            for sub in dataclasses.fields(value):
-                add(sub.name, getattr(value, sub.name), sub.default)
-        elif field.name == "storage":
-            for sub in dataclasses.fields(value):
-                dest = "s3_endpoint" if sub.name == "endpoint_url" else f"storage.{sub.name}"
-                add(dest, getattr(value, sub.name), sub.default)
-        else:
-            add(field.name, value, default if default is not dataclasses.MISSING else object())
-    argv.extend([flags["actors"], f"{spec.actors_min},{spec.actors_max}"])
-    if unmapped:
-        raise ValueError(f"jobs.run has no flag for these job spec settings: {', '.join(unmapped)}")
-    return argv
+def job_command(spec, console_args: Sequence[str] = ()) -> list[str]:
+    """The job's command on the cluster: `python -m jobs.run --spec <the whole spec as JSON>`.
+    Every setting travels, defaults included, so the cluster runs exactly this spec."""
+    return ["python", "-m", "jobs.run", "--spec", spec.model_dump_json(), *console_args]
 
 
 # -- reading results -------------------------------------------------------------------------------
@@ -364,11 +319,10 @@ def submit(
     """
     address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     spec = resolve_spec(spec_or_args)
-    argv = spec_to_argv(spec)
     env = merge_runtime_env(project_runtime_env(ship_code=ship_code), runtime_env)
     client = _client(address, token)
     # `python` on the cluster is the interpreter Ray runs with (the nodes' venv / image).
-    entrypoint = shlex.join(["python", "-m", "jobs.run", *argv, *console_args])
+    entrypoint = shlex.join(job_command(spec, console_args))
     kwargs: dict[str, Any] = {"entrypoint": entrypoint, "runtime_env": env, "metadata": metadata}
     if submission_id:
         kwargs["submission_id"] = submission_id
@@ -376,7 +330,7 @@ def submit(
         kwargs["entrypoint_num_cpus"] = entrypoint_num_cpus
     job_id = _submit_with_retry(client, kwargs)
     return JobHandle(
-        job_id=job_id, address=address, output=spec.output, run_date=spec.run_date, run_id=spec.run_id,
+        job_id=job_id, address=address, output=spec.output.uri, run_date=spec.run.run_date, run_id=spec.run.run_id,
         token=token, _client=client,
     )
 

@@ -30,7 +30,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def directory(spec, layout) -> str:
-    return f"{layout.root}/subtitles/run_date={spec.run_date}/{spec.run_id}"
+    return f"{layout.root}/subtitles/run_date={spec.run.run_date}/{spec.run.run_id}"
 
 
 def file_name(source_uri: str, source_id: str, fmt: str) -> str:
@@ -53,7 +53,7 @@ def render_source(rows: list[dict], fmt: str, *, strict: bool = False) -> tuple[
 
 def write(spec, layout) -> dict:
     """Write the run's subtitle files; returns {"format", "directory", "files"}."""
-    fmt, storage, target, strict = spec.subtitles, spec.storage, directory(spec, layout), spec.strict
+    fmt, storage, target, strict = spec.output.subtitles, spec.storage, directory(spec, layout), spec.output.strict
 
     def write_group(group: pa.Table) -> pa.Table:
         rendered = render_source(group.to_pylist(), fmt, strict=strict)

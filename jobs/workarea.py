@@ -35,17 +35,17 @@ RETRIED_ERROR_STAGES = ("fetch", STALL_STAGE)
 
 
 class OutputLayout:
-    """Where a run writes. All paths are URIs under `spec.output` (local or s3://)."""
+    """Where a run writes. All paths are URIs under `spec.output.uri` (local or s3://)."""
 
     def __init__(self, spec: JobSpec):
-        root = spec.output.rstrip("/")
+        root = spec.output.uri.rstrip("/")
         self.root = root
-        self.work = f"{root}/_work/{spec.run_id}/segments"
-        self.staging = f"{root}/_work/{spec.run_id}/staging"
-        self.sources = f"{root}/sources/run_date={spec.run_date}"
-        self.segments = f"{root}/segments/run_date={spec.run_date}"
-        self.summary = f"{root}/summaries/run_date={spec.run_date}/{spec.run_id}.json"
-        self.run_id = spec.run_id
+        self.work = f"{root}/_work/{spec.run.run_id}/segments"
+        self.staging = f"{root}/_work/{spec.run.run_id}/staging"
+        self.sources = f"{root}/sources/run_date={spec.run.run_date}"
+        self.segments = f"{root}/segments/run_date={spec.run.run_date}"
+        self.summary = f"{root}/summaries/run_date={spec.run.run_date}/{spec.run.run_id}.json"
+        self.run_id = spec.run.run_id
 
 
 # -- resume state ---------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def finalize(spec: JobSpec, layout: OutputLayout) -> None:
     paths = work_files(spec, layout)
     if not paths:
         raise RuntimeError("nothing was processed: the work area is empty")
-    strict = spec.strict
+    strict = spec.output.strict
 
     def _assemble(kind: str):
         schema = stages.SOURCE_SCHEMA if kind == "source" else stages.SEGMENT_SCHEMA

@@ -25,7 +25,7 @@ attention group with our builder):
 Every key of an image must be in the cache when its queries run, i.e. an image must never be split
 across two prefill steps: the engine must run with `disable_chunked_mm_input=True` (vLLM forces
 the same on CUDA for these models) and the project's scheduler (model/mm_scheduler.py), which
-closes the cases that flag misses; `model.engine.EngineSettings` sets both on CPU and loading
+closes the cases that flag misses; `model.engine.EngineConfig` sets both on CPU and loading
 refuses without them. If a split happens anyway, the step fails loudly instead of attending
 causally.
 """
@@ -112,7 +112,7 @@ class CPUBidirectionalAttentionImpl(CPUAttentionBackendImpl):
                     raise SplitImageError(
                         f"image tokens {start}..{end} of a request were split across prefill steps "
                         f"(this step ends at {seq_len - 1}); bidirectional image attention cannot be "
-                        "computed exactly. Start the engine with the settings model.engine.EngineSettings "
+                        "computed exactly. Start the engine with the settings model.engine.EngineConfig "
                         "gives it (disable_chunked_mm_input=True and the project's scheduler_cls)."
                     )
                 k_lo = 0 if window is None else max(0, lo - window + 1)
@@ -187,7 +187,7 @@ def enable_on_cpu_backend(model: torch.nn.Module, vllm_config) -> int:
             "This checkpoint sets use_bidirectional_attention='vision': on the CPU backend every "
             "image must be prefilled in one step. Start the engine with "
             f"disable_chunked_mm_input=True and scheduler_cls={SCHEDULER_CLS!r} "
-            "(model.engine.EngineSettings does this on CPU)."
+            "(model.engine.EngineConfig does this on CPU)."
         )
     for module in layers:
         if module.impl.sinks is not None or module.impl.alibi_slopes is not None:

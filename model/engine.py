@@ -1,70 +1,89 @@
-"""One builder for vLLM engine settings, used by the batch pipeline, the endpoint, tests and benches.
+"""The vLLM engine's settings, shared by the batch job and the endpoint, and their renderings.
 
-`EngineSettings` holds what a deployment decides (checkpoint, dtype, context length, multimodal
-limits, device, tensor parallelism) and renders it for each consumer:
+`EngineConfig` is the `engine` part of both configurations (`jobs.spec.JobSpec`,
+`serving.config.ServingConfig`); it renders itself for each consumer:
 
-* `vllm_kwargs()`      -> keyword arguments for `vllm.LLM(...)` / `AsyncEngineArgs(...)`
+* `vllm_kwargs()`       -> keyword arguments for `vllm.LLM(...)` / `AsyncEngineArgs(...)`
 * `ray_engine_kwargs()` -> `engine_kwargs` for `ray.data.llm.vLLMEngineProcessorConfig` and
-                          `ray.serve.llm.LLMConfig`
-* `env()`              -> environment variables the engine process needs (CPU KV cache size etc.)
+                           `ray.serve.llm.LLMConfig`
+* `env()`               -> environment variables the engine process needs (CPU KV cache size etc.)
 
-Device "auto" picks GPU when torch sees one, else CPU. On CPU the engine runs float32 and eager
+Any other vLLM engine argument goes through `engine_kwargs` unchanged (as in ray.data.llm), applied
+last. Device "auto" picks GPU when torch sees one, else CPU. On CPU the engine runs float32 and eager
 (the CPU build has no CUDA graphs, and bf16 would break parity with the float32 reference).
 
-Concurrency: `max_num_seqs` / `max_num_batched_tokens` left at None are not passed on GPU, so vLLM
+Concurrency: `max_num_seqs` / `max_num_batched_tokens` left unset are not passed on GPU, so vLLM
 picks its own defaults for the hardware and the caller's usage context (`gpu_batch_defaults` gives
-the offline ones, which ray.data.llm does not ask for, see there). On CPU None means
-`CPU_MAX_NUM_SEQS` running sequences (what the project measured to work on small CPU machines) and
-vLLM's CPU default for batched tokens.
+the offline ones, which ray.data.llm does not ask for, see there). On CPU unset means
+`CPU_MAX_NUM_SEQS` running sequences (what works on small CPU machines) and vLLM's CPU default for
+batched tokens.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
-from typing import Literal
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.inputs.pages import SUPPORTED_SOFT_TOKENS
 from model.registration import ARCHITECTURE, UPSTREAM_ARCHITECTURE
 
 SCHEDULER_CLS = "model.mm_scheduler.WholeMultimodalItemScheduler"  # no vLLM import here
 
 Device = Literal["auto", "cpu", "gpu"]
+ImageTokens = Literal[SUPPORTED_SOFT_TOKENS]  # the image processor's budgets (soft tokens per image)
 
 CPU_MAX_NUM_SEQS = 64
 
 
-@dataclasses.dataclass(frozen=True)
-class EngineSettings:
-    model: str
-    device: Device = "auto"
-    dtype: str = "auto"  # "auto": float32 on CPU, bfloat16 on GPU
-    max_model_len: int = 8192
-    # Items per prompt. A document page is one image; a transcription chunk one audio clip.
-    max_images_per_prompt: int = 4
-    max_audios_per_prompt: int = 4
-    # Default image budget (soft tokens per image); documents want the large budgets.
-    max_soft_tokens: int | None = None
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.90
-    # None: vLLM's own default for the hardware on GPU; CPU_MAX_NUM_SEQS on CPU.
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None  # None: vLLM's own default
-    cpu_kv_cache_gib: int = 1
-    seed: int = 0
-    enforce_eager: bool | None = None  # None: eager on CPU, CUDA graphs on GPU
+class EngineConfig(BaseModel):
+    """engine: the vLLM engine (checkpoint, device, precision, memory, multimodal limits, concurrency)"""
 
-    def __post_init__(self) -> None:
-        if self.device not in ("auto", "cpu", "gpu"):
-            raise ValueError(f"device must be auto, cpu or gpu, not {self.device!r}")
-        if self.tensor_parallel_size < 1:
-            raise ValueError("tensor_parallel_size must be >= 1")
-        if self.max_soft_tokens not in (None, 70, 140, 280, 560, 1120):
-            raise ValueError("max_soft_tokens must be one of 70, 140, 280, 560, 1120")
-        for name in ("max_num_seqs", "max_num_batched_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 (or unset for vLLM's default)")
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str = Field(description="checkpoint directory (Hugging Face layout)")
+    device: Device = Field("auto", description="auto: GPU when torch sees one, else CPU")
+    dtype: str = Field("auto", description="auto: float32 on CPU, bfloat16 on GPU")
+    max_model_len: int = Field(8192, ge=1, description="context length: prompt plus new tokens")
+    image_tokens: ImageTokens | None = Field(
+        None, description="soft tokens per image (documents want 560/1120); default: the checkpoint's")
+    max_images_per_prompt: int = Field(4, ge=0, description="images per engine request (a page is one)")
+    max_audios_per_prompt: int = Field(4, ge=0, description="audio clips per engine request (a chunk is one)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans")
+    gpu_memory_utilization: float = Field(0.90, gt=0, le=1, description="share of each GPU's memory vLLM may use")
+    kv_cache_dtype: str = Field("auto", description="vLLM's KV-cache dtype (auto: the model's; fp8, ...)")
+    max_num_seqs: int | None = Field(
+        None, ge=1, description=f"running sequences per engine (default: vLLM's for the GPU; {CPU_MAX_NUM_SEQS} on CPU)")
+    max_num_batched_tokens: int | None = Field(None, ge=1, description="tokens per engine step (default: vLLM's)")
+    cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    seed: int = Field(0, description="vLLM's seed (the batch job's requests use it too)")
+    enforce_eager: bool | None = Field(None, description="default: eager on CPU, CUDA graphs on GPU")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="any other vLLM engine argument, as JSON (applied last)")
+
+    def check_vllm_arguments(self) -> None:
+        """Refuse engine_kwargs vLLM does not know and a KV-cache dtype it cannot use. Imports vLLM:
+        `run_job` and the endpoint's builder call it where they start, not validation."""
+        import dataclasses
+        import typing
+
+        try:
+            from vllm.config.cache import CacheDType
+            from vllm.engine.arg_utils import AsyncEngineArgs
+        except ImportError:  # no vLLM in this process: the engine checks them where it starts
+            return
+
+        known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+        unknown = sorted(set(self.engine_kwargs) - known)
+        if unknown:
+            raise ValueError(f"engine_kwargs: {', '.join(unknown)} "
+                             f"{'is not a vLLM engine argument' if len(unknown) == 1 else 'are not vLLM engine arguments'}"
+                             " (see vLLM's AsyncEngineArgs)")
+        if self.kv_cache_dtype not in typing.get_args(CacheDType):
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(typing.get_args(CacheDType))}, "
+                             f"not {self.kv_cache_dtype!r}")
 
     # -- resolution ---------------------------------------------------------------------------
     def resolved_device(self) -> Literal["cpu", "gpu"]:
@@ -105,6 +124,18 @@ class EngineSettings:
             raise ValueError(f"{self.model} is not a Gemma 4 Unified checkpoint (architectures={archs})")
         return {"architectures": [ARCHITECTURE]}
 
+    def page_geometry(self):
+        """How pages are sized for the model: the checkpoint's image processor and `image_tokens`."""
+        from model.inputs.pages import PageGeometry
+
+        return PageGeometry.from_checkpoint(self.model, self.image_tokens)
+
+    def checkpoint_audio(self):
+        """The checkpoint's audio window and packing (model.inputs.audio_chunks)."""
+        from model.inputs.audio_chunks import checkpoint_audio
+
+        return checkpoint_audio(self.model)
+
     def bidirectional_vision(self) -> bool | None:
         """Whether image tokens attend bidirectionally (None: no local config to read)."""
         config = self.checkpoint_config()
@@ -142,21 +173,23 @@ class EngineSettings:
             kwargs["scheduler_cls"] = SCHEDULER_CLS
         if not cpu:
             kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
-        if self.max_soft_tokens is not None:
-            kwargs["mm_processor_kwargs"] = {"max_soft_tokens": self.max_soft_tokens}
+        if self.kv_cache_dtype != "auto":
+            kwargs["kv_cache_dtype"] = self.kv_cache_dtype
+        if self.image_tokens is not None:
+            kwargs["mm_processor_kwargs"] = {"max_soft_tokens": self.image_tokens}  # the processor's name
         override = self.architecture_override()
         if override:
             kwargs["hf_overrides"] = override
+        kwargs.update(self.engine_kwargs)
         return kwargs
 
-    def with_batch_defaults(self, max_num_seqs: int, max_num_batched_tokens: int) -> EngineSettings:
+    def with_batch_defaults(self, max_num_seqs: int, max_num_batched_tokens: int) -> EngineConfig:
         """These settings with the given values wherever the caller left them unset."""
-        return dataclasses.replace(
-            self,
-            max_num_seqs=self.max_num_seqs if self.max_num_seqs is not None else max_num_seqs,
-            max_num_batched_tokens=(self.max_num_batched_tokens if self.max_num_batched_tokens is not None
-                                    else max_num_batched_tokens),
-        )
+        return self.model_copy(update={
+            "max_num_seqs": self.max_num_seqs if self.max_num_seqs is not None else max_num_seqs,
+            "max_num_batched_tokens": (self.max_num_batched_tokens if self.max_num_batched_tokens is not None
+                                       else max_num_batched_tokens),
+        })
 
     def ray_engine_kwargs(self) -> dict:
         """`engine_kwargs` for ray.data.llm / ray.serve.llm (they take the model separately)."""

@@ -10,7 +10,7 @@ the step to end before the item, or schedules nothing for the request this step 
 started inside it (it continues once the budget covers the rest, which vLLM guarantees fits:
 an item never exceeds `max_num_batched_tokens` when chunked mm input is disabled).
 
-Selected with `scheduler_cls=SCHEDULER_CLS` (model.engine.EngineSettings does so on CPU for
+Selected with `scheduler_cls=SCHEDULER_CLS` (model.engine.EngineConfig does so on CPU for
 bidirectional-vision checkpoints). Subclasses vLLM's synchronous `Scheduler`, the one the CPU
 platform uses (it turns async scheduling off).
 """

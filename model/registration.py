@@ -4,7 +4,7 @@ Declared in pyproject.toml under `[project.entry-points."vllm.general_plugins"]`
 `register()` in the front end, the engine core, every worker, and Ray workers, so a checkpoint that
 names `ARCHITECTURE` runs the project's class everywhere without any import by the caller. A
 checkpoint that names upstream's architecture is pointed here with
-`hf_overrides={"architectures": [ARCHITECTURE]}` (see `model.engine.EngineSettings`).
+`hf_overrides={"architectures": [ARCHITECTURE]}` (see `model.engine.EngineConfig`).
 
 Registration is lazy ("module:Class"): importing this module must stay cheap (no torch, no vLLM).
 Because `register()` runs in every vLLM process, it also arms, in vLLM's child processes (engine

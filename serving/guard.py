@@ -74,10 +74,6 @@ def parse_key_entries(text: str) -> dict[str, dict[str, int]]:
     return entries
 
 
-def parse_keys(text: str) -> list[str]:
-    return list(parse_key_entries(text))
-
-
 class KeyStore:
     """API keys from a file (one per line, `#` comments) and/or an env var (comma-separated)."""
 

@@ -1,10 +1,11 @@
 """The ingress deployment: `ray.serve.llm`'s OpenAI ingress plus auth, limits, media policy and chunked
 transcription.
 
-Extension points used (all public in `ray.serve.llm`):
+Extension points used (public in `ray.serve.llm`; what else is needed from the library is in
+serving/ray_llm_internals.py, the one module that reaches into it):
 * `OpenAiIngress` is subclassed: `chat` vets and rewrites media before calling the library's own
-  request path (`_process_llm_request` -> LLMServer handle -> vLLM's OpenAI serving layer), so
-  streaming, usage, error mapping and request routing stay the library's;
+  request path (LLMServer handle -> vLLM's OpenAI serving layer), so streaming, usage, error mapping
+  and request routing stay the library's;
 * `make_fastapi_ingress(cls, endpoint_map=..., app=...)` turns it into a Serve ingress with our
   route set (library routes we do not serve, like embeddings and scoring, are left out) and our FastAPI
   app, which carries the library's middleware (request ids, HTTP metrics, exception mapping) with
@@ -26,12 +27,10 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 from ray.serve.llm.ingress import OpenAiIngress
-from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
-from serving import readiness, timing
+from serving import ray_llm_internals, readiness, timing
 from serving.config import ServingConfig
 from serving.errors import RequestError, json_response
 from serving.media_policy import MediaPolicy
@@ -46,7 +45,7 @@ class GuardedOpenAiIngress(OpenAiIngress):
         self.config = ServingConfig.model_validate(serving_config)
         self.media = MediaPolicy(self.config)
         # 503 + Retry-After from the guard until the LLM servers have a running replica.
-        readiness.STATE.start(list(self._default_serve_handles.values()))
+        readiness.STATE.start(list(ray_llm_internals.model_handles(self).values()))
 
     # -- chat ------------------------------------------------------------------------------------
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
@@ -56,7 +55,7 @@ class GuardedOpenAiIngress(OpenAiIngress):
         try:
             try:
                 # Materializes lazily validated content parts; a malformed part fails here.
-                body = _sanitize_chat_completion_request(body)
+                body = ray_llm_internals.sanitize_chat_request(body)
             except (ValueError, TypeError) as e:
                 cause = e.__cause__ or e
                 raise RequestError(400, f"Invalid message content: {_short(cause)}", param="messages") from None
@@ -92,14 +91,16 @@ class GuardedOpenAiIngress(OpenAiIngress):
         except RequestError as e:
             return json_response(e)
 
+    async def model_id_for(self, model: str | None) -> str:
+        """The served model a request names (the only one when None); 404/400 otherwise."""
+        return await ray_llm_internals.resolve_model_id(self, model)
+
     async def chat_once(self, body: ChatCompletionRequest) -> Any:
         """One non-streaming chat call through the library's LLMServer handle (used per chunk)."""
-        from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse
-
-        async for response in self._get_response(body=body, call_method="chat"):
+        async for response in ray_llm_internals.chat_responses(self, body):
             if isinstance(response, list):
                 response = response[0]
-            if isinstance(response, ErrorResponse):
+            if ray_llm_internals.is_error_response(response):
                 code = int(response.error.code or 500)
                 raise RequestError(code if 400 <= code < 500 else 400, response.error.message)
             return response
@@ -110,11 +111,11 @@ class GuardedOpenAiIngress(OpenAiIngress):
         """200 when every model's LLMServer answers its health check within 10 s, else 503."""
         try:
             async with asyncio.timeout(10):
-                for handle in self._default_serve_handles.values():
+                for handle in ray_llm_internals.model_handles(self).values():
                     await handle.check_health.remote()
         except Exception as e:  # noqa: BLE001 - any failure means "not ready"; the reason is the body
             return JSONResponse({"status": "unhealthy", "reason": type(e).__name__}, status_code=503)
-        return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
+        return JSONResponse({"status": "ok", "models": sorted(ray_llm_internals.model_ids(self))})
 
 
 async def _check_guided_schema(body: ChatCompletionRequest) -> None:
@@ -149,7 +150,7 @@ def _short(error: BaseException, limit: int = 300) -> str:
     return text[:limit]
 
 
-class ServedModelCard(ModelCard):
+class ServedModelCard(ray_llm_internals.ModelCard):
     """`/v1/models` entries as vLLM's own server writes them (`created`, `root`, `max_model_len`: the
     context length clients size prompts by), plus ray.serve.llm's metadata."""
 
@@ -159,12 +160,10 @@ class ServedModelCard(ModelCard):
 
 
 def model_card(model_id: str, llm_config, config: ServingConfig) -> ServedModelCard:
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-
-    card = to_model_metadata(model_id, llm_config)
-    metadata = {**card.metadata, "max_request_context_length": config.max_model_len}
+    card = ray_llm_internals.to_model_metadata(model_id, llm_config)
+    metadata = {**card.metadata, "max_request_context_length": config.engine.max_model_len}
     return ServedModelCard(**{**card.model_dump(), "metadata": metadata}, created=int(time.time()),
-                           root=model_id, max_model_len=config.max_model_len)
+                           root=model_id, max_model_len=config.engine.max_model_len)
 
 
 ENDPOINTS = {
@@ -179,18 +178,17 @@ ENDPOINTS = {
 
 def build_fastapi_app(config: ServingConfig) -> FastAPI:
     """The library's ingress app (its middleware stack) with the guard added outermost."""
-    from ray.llm._internal.serve.core.ingress.ingress import init
     from serving.guard import GuardMiddleware
 
-    app = init()
+    app = ray_llm_internals.ingress_app()
     app.add_middleware(
         GuardMiddleware,
-        max_body_bytes=config.max_body_bytes,
-        api_keys_file=config.api_keys_file,
-        api_keys_env=config.api_keys_env,
-        allow_unauthenticated=config.allow_unauthenticated,
-        max_concurrent_per_key=config.max_concurrent_per_key,
-        requests_per_minute_per_key=config.requests_per_minute_per_key,
+        max_body_bytes=config.limits.max_body_bytes,
+        api_keys_file=config.auth.api_keys_file,
+        api_keys_env=config.auth.api_keys_env,
+        allow_unauthenticated=config.auth.allow_unauthenticated,
+        max_concurrent_per_key=config.auth.max_concurrent_per_key,
+        requests_per_minute_per_key=config.auth.requests_per_minute_per_key,
     )
     # Malformed JSON and schema errors: the library answers 400 in OpenAI form. Unknown routes and
     # wrong methods: FastAPI's 404/405 in OpenAI form as well.

@@ -22,9 +22,8 @@ as float32 WAV, 16 kHz mono: the samples the batch pipeline gives the engine.
 
 Sources:
 * `data:` URLs (and `input_audio` base64): always;
-* `s3://bucket/key`: through `connectors.storage.read_bytes`, the batch pipeline's reader (usual AWS
-  settings: AWS_ENDPOINT_URL for on-prem stores, credential chain; AWS SDK standard retries), when
-  `allow_s3_media`;
+* `s3://bucket/key`: through `connectors.storage.read_bytes`, the batch pipeline's reader, with the
+  config's `storage` settings (AWS SDK standard retries), when `allow_s3_media`;
 * `http(s)://host/...`: only when `host` is in `allowed_media_domains` (exact host match; empty list,
   the default, means no web fetches), redirects not followed (a redirect could leave the allowlist);
 * anything else (file://, bare local paths, ftp, ...): refused.
@@ -58,10 +57,10 @@ logger = logging.getLogger("serving.media_policy")
 class MediaPolicy:
     def __init__(self, config: ServingConfig):
         self.config = config
-        self.image_limits = MediaLimits(max_image_pixels=config.max_image_pixels, max_pages=1)
-        self.audio_limits = MediaLimits(max_audio_seconds=config.max_transcription_seconds)
-        self.checkpoint = pathlib.Path(config.model)
-        self.geometry = self._geometry(config.max_soft_tokens)
+        self.image_limits = MediaLimits(max_image_pixels=config.pages.max_image_pixels, max_pages=1)
+        self.audio_limits = MediaLimits(max_audio_seconds=config.audio.max_audio_seconds)
+        self.checkpoint = pathlib.Path(config.engine.model)
+        self.geometry = self._geometry(config.engine.image_tokens)
 
     def _geometry(self, max_soft_tokens: int | None) -> pages.PageGeometry | None:
         if not (self.checkpoint / "processor_config.json").is_file() and not (
@@ -187,14 +186,14 @@ class MediaPolicy:
     def _audio_wav(self, data: bytes, where: str) -> bytes:
         # Refuse an over-long clip from its header, before decoding minutes of audio for nothing.
         seconds = _header_seconds(data)
-        if seconds is not None and seconds > self.config.max_chat_audio_seconds:
+        if seconds is not None and seconds > self.config.limits.max_chat_audio_seconds:
             self._too_long(seconds, where)
         try:
             audio = decode_audio(data, self.audio_limits)
         except MediaError as e:
             raise RequestError(400, f"{where}: {e}", param=where) from None
         seconds = len(audio) / 16000
-        if seconds > self.config.max_chat_audio_seconds:
+        if seconds > self.config.limits.max_chat_audio_seconds:
             self._too_long(seconds, where)
         return audio_to_wav_bytes(audio)
 
@@ -202,7 +201,7 @@ class MediaPolicy:
         raise RequestError(
             400,
             f"{where}: audio clip is {seconds:.1f} s; chat accepts at most "
-            f"{self.config.max_chat_audio_seconds:g} s per clip (the model's audio window). "
+            f"{self.config.limits.max_chat_audio_seconds:g} s per clip (the model's audio window). "
             "Use /v1/audio/transcriptions for longer recordings.",
             param=where,
         )
@@ -217,14 +216,14 @@ class MediaPolicy:
         parsed = urllib.parse.urlsplit(url)
         scheme = parsed.scheme.lower()
         if scheme == "s3":
-            if not self.config.allow_s3_media:
+            if not self.config.media.allow_s3_media:
                 raise RequestError(400, f"{where}: s3:// media is disabled on this endpoint.")
             if not parsed.netloc or not parsed.path.strip("/"):
                 raise RequestError(400, f"{where}: s3 URLs must be s3://bucket/key.")
             return await asyncio.to_thread(self._fetch_s3, url, where)
         if scheme in ("http", "https"):
             host = (parsed.hostname or "").lower()
-            if not host or host not in self.config.allowed_media_domains:
+            if not host or host not in self.config.media.allowed_media_domains:
                 raise RequestError(
                     400,
                     f"{where}: fetching media from {host or 'this URL'!r} is not allowed; send the file as a "
@@ -239,10 +238,10 @@ class MediaPolicy:
     def _fetch_s3(self, url: str, where: str) -> bytes:
         # The batch pipeline's reader (pyarrow S3 filesystem, AWS SDK standard retries, endpoint and
         # credentials from the usual AWS settings), so both read the same store the same way.
-        from connectors.storage import StorageConfig, StorageError, read_bytes
+        from connectors.storage import StorageError, read_bytes
 
         try:
-            return read_bytes(url, StorageConfig(), max_bytes=self.config.max_body_bytes)
+            return read_bytes(url, self.config.storage, max_bytes=self.config.limits.max_body_bytes)
         except StorageError as e:
             if "over the input size limit" in str(e):
                 raise RequestError(413, f"{where}: {e}") from None
@@ -252,9 +251,9 @@ class MediaPolicy:
     async def _fetch_http(self, url: str, where: str) -> bytes:
         import httpx
 
-        limit = self.config.max_body_bytes
+        limit = self.config.limits.max_body_bytes
         try:
-            async with httpx.AsyncClient(follow_redirects=False, timeout=self.config.media_fetch_timeout_s) as client:
+            async with httpx.AsyncClient(follow_redirects=False, timeout=self.config.media.media_fetch_timeout_s) as client:
                 async with client.stream("GET", url) as response:
                     if response.status_code != 200:
                         raise RequestError(400, f"{where}: fetching the media URL returned HTTP {response.status_code}.")

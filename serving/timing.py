@@ -38,9 +38,6 @@ class Timing:
         self.mark = now
         return now
 
-    def add(self, name: str, seconds: float) -> None:
-        self._steps.append((name, seconds))
-
     def header_value(self) -> bytes:
         total = time.perf_counter() - self.start
         parts = [f"{name};dur={seconds * 1000:.2f}" for name, seconds in self._steps]

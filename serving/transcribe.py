@@ -18,7 +18,7 @@ Memory per request, whatever the recording's length: the upload as starlette kee
 to 1 MB, then spooled to a temporary file), the plan's per-10 ms energy and per-32 ms speech values
 (about 2 MB per audio hour), one decoded block of 30 s and the samples of at most
 `max_transcription_concurrency` chunks. The whole waveform (921 MB of float32 for 4 h, the
-`max_transcription_seconds` default) never exists; the batch job streams the same two passes
+`max_audio_seconds` default) never exists; the batch job streams the same two passes
 (`jobs.stages.decode_source`).
 """
 
@@ -47,7 +47,7 @@ class ChatBackend(Protocol):
 
     config: ServingConfig
 
-    async def _get_model_id(self, model: str | None) -> str: ...
+    async def model_id_for(self, model: str | None) -> str: ...
 
     async def chat_once(self, body: Any) -> Any: ...
 
@@ -59,13 +59,6 @@ MEDIA_TYPES = {"srt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf
 def _checkpoint_audio(model: str) -> audio_chunks.CheckpointAudio:
     """The checkpoint's audio window and packing, read once per replica."""
     return audio_chunks.checkpoint_audio(model)
-
-
-def segmentation(config: ServingConfig) -> audio_chunks.Segmentation:
-    return audio_chunks.Segmentation(
-        mode=config.transcription_segmentation, pack=config.transcription_pack,
-        max_chunk_s=config.transcription_chunk_s, overlap_s=config.transcription_overlap_s,
-    )
 
 
 async def _form(request: Request):
@@ -149,18 +142,18 @@ async def transcribe_request(ingress: ChatBackend, request: Request) -> Response
         )
     try:
         temperature = float(_field(form, "temperature", "0") or 0)
-        max_tokens = int(_field(form, "max_tokens", str(config.transcription_max_tokens)))
+        max_tokens = int(_field(form, "max_tokens", str(config.limits.transcription_max_tokens)))
     except ValueError:
         raise RequestError(400, "temperature must be a number and max_tokens an integer.") from None
-    if not 0.0 <= temperature <= 2.0 or not 1 <= max_tokens <= config.max_model_len:
+    if not 0.0 <= temperature <= 2.0 or not 1 <= max_tokens <= config.engine.max_model_len:
         raise RequestError(400, "temperature must be in [0, 2] and max_tokens in [1, max_model_len].")
-    model_id = await ingress._get_model_id(_field(form, "model"))
+    model_id = await ingress.model_id_for(_field(form, "model"))
     task = (_field(form, "prompt") or "").strip() or "transcribe"
     language = _field(form, "language")
 
     if await asyncio.to_thread(upload.file.seek, 0, io.SEEK_END) == 0:
         raise RequestError(400, "file: the uploaded file is empty (0 bytes).", param="file")
-    limits = MediaLimits(max_audio_seconds=config.max_transcription_seconds)
+    limits = MediaLimits(max_audio_seconds=config.audio.max_audio_seconds)
     started = time.monotonic()
 
     async def infer(chunk: audio_chunks.Chunk, samples) -> Any:
@@ -174,12 +167,12 @@ async def transcribe_request(ingress: ChatBackend, request: Request) -> Response
 
     try:
         plan, results = await transcribe_stream(
-            upload.file, limits, segmentation(config), _checkpoint_audio(config.model),
-            config.max_transcription_concurrency, infer,
+            upload.file, limits, config.audio.to_segmentation(), _checkpoint_audio(config.engine.model),
+            config.limits.max_transcription_concurrency, infer,
         )
     except MediaError as e:
         raise RequestError(400, f"file: {e}", param="file") from None
-    except SegmentationError as e:  # e.g. transcription_chunk_s over the model's window
+    except SegmentationError as e:  # e.g. chunk_s over the model's window
         raise RequestError(400, f"cannot segment the audio: {e}") from None
     chunks = plan.chunks
     texts = [r.choices[0].message.content or "" for r in results]

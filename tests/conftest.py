@@ -15,7 +15,7 @@ import pytest
 # Engine processes read these at start; set them before anything imports vLLM.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as EngineSettings.env() sets for engines
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as EngineConfig.env() sets for engines
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

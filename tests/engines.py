@@ -1,4 +1,4 @@
-"""In-process vLLM engines for tests: start one from EngineSettings, and stop it without leaving its
+"""In-process vLLM engines for tests: start one from EngineConfig, and stop it without leaving its
 engine-core process behind.
 
 vLLM 0.29's `LLM` runs the engine core in a child process (`VLLM::EngineCore`, a multiprocessing
@@ -34,7 +34,7 @@ def shutdown_engine(llm, timeout: float = REAP_TIMEOUT_S) -> None:
 
 @contextlib.contextmanager
 def running_engine(settings, **llm_kwargs) -> Iterator:
-    """`vllm.LLM` for `settings` (model.engine.EngineSettings; `llm_kwargs` add to or override its
+    """`vllm.LLM` for `settings` (model.engine.EngineConfig; `llm_kwargs` add to or override its
     vLLM arguments), shut down and reaped on exit."""
     from vllm import LLM
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 Modality = Literal["document", "audio"]
@@ -185,18 +185,3 @@ def messages_for_item(
         audios=[audio] if audio is not None else [],
         system=system,
     )
-
-
-def count_media(messages: Sequence[dict]) -> tuple[int, int]:
-    """(images, audios) in a message list, for per-request limits."""
-    images = audios = 0
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            for part in content:
-                kind = part.get("type") if isinstance(part, dict) else None
-                if kind in ("image_url", "image", "input_image", "image_pil"):
-                    images += 1
-                elif kind in ("input_audio", "audio_url", "audio"):
-                    audios += 1
-    return images, audios

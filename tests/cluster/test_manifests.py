@@ -117,7 +117,7 @@ def test_rayservice_serve_config_runs_the_endpoint_builder():
     from serving.config import ServingConfig
 
     config = ServingConfig.model_validate(app["args"])  # extra="forbid": a wrong arg name fails
-    assert config.device == "gpu" and config.api_keys_file == "/etc/gemma4/api-keys/keys"
+    assert config.engine.device == "gpu" and config.auth.api_keys_file == "/etc/gemma4/api-keys/keys"
     # The key file is mounted where the args say, in every pod an ingress replica may run in.
     cluster = _one("RayService")["spec"]["rayClusterConfig"]
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
@@ -136,11 +136,11 @@ def test_rayjob_runtime_env_and_entrypoint():
     from jobs.run import parser, spec_from_args  # the batch job's own command line
 
     job = spec_from_args(parser().parse_args(argv[3:]))
-    assert job.output == "s3://gemma4-results/nightly/" and job.model == "/models/gemma-4-12b-it"
-    assert job.error_threshold == 0.05 and job.device == "gpu" and (job.actors_min, job.actors_max) == (1, 8)
+    assert job.output.uri == "s3://gemma4-results/nightly/" and job.engine.model == "/models/gemma-4-12b-it"
+    assert job.run.error_threshold == 0.05 and job.engine.device == "gpu" and job.run.actors == (1, 8)
     # The image holds the model at the path the entrypoint names.
     worker = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-    assert any(job.model.startswith(m["mountPath"]) for m in worker["volumeMounts"])
+    assert any(job.engine.model.startswith(m["mountPath"]) for m in worker["volumeMounts"])
 
 
 def test_cronjob_creates_the_rayjob_with_just_enough_rbac():
@@ -166,3 +166,4 @@ def test_cronjob_creates_the_rayjob_with_just_enough_rbac():
     assert subject["kind"] == "ServiceAccount" and subject["name"] == account["metadata"]["name"] and subject["namespace"]
     (rule,) = role["rules"]
     assert rule == {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get"]}
+

@@ -1,13 +1,13 @@
-"""jobs.submit turns any form of job spec into complete `jobs.run` arguments, checked before submission."""
+"""jobs.submit turns any form of job spec into the whole spec the cluster runs, checked before submission."""
 
 from __future__ import annotations
 
-import dataclasses
+import shlex
 
 import pytest
 
 from jobs.spec import JobSpec
-from jobs.submit import merge_runtime_env, resolve_spec, spec_to_argv
+from jobs.submit import job_command, merge_runtime_env, resolve_spec
 
 ARGS = [
     "--input", "s3://scans/2026-11-21/", "--input", "/data/calls", "--output", "s3://results/nightly",
@@ -16,26 +16,34 @@ ARGS = [
 ]
 
 
-def test_argv_round_trip_pins_run_date_and_id():
+def cluster_side(command: list[str]) -> JobSpec:
+    """What `python -m jobs.run` on the cluster makes of the submitted command line."""
+    assert command[:3] == ["python", "-m", "jobs.run"]
+    return resolve_spec(shlex.split(shlex.join(command))[3:])
+
+
+def test_spec_round_trip_pins_run_date_and_id():
     spec = resolve_spec(ARGS)
-    argv = spec_to_argv(spec)
-    assert argv[argv.index("--run-date") + 1] == spec.run_date
-    assert argv[argv.index("--run-id") + 1] == spec.run_id
-    assert resolve_spec(argv) == spec  # the cluster parses exactly the notebook's spec
+    assert spec.run.run_date and spec.run.run_id
+    assert cluster_side(job_command(spec)) == spec  # the cluster runs exactly the notebook's spec
 
 
 def test_spec_object_and_dict_forms():
-    spec = JobSpec(inputs=["/in"], output="/out", model="/m", run_date="2026-11-20", max_new_tokens=64)
-    assert resolve_spec(spec_to_argv(spec)) == spec
-    as_dict = {"inputs": ["/in"], "output": "/out", "model": "/m", "run_date": "2026-11-20", "max_new_tokens": 64}
+    spec = resolve_spec(JobSpec(inputs=["/in"], output={"uri": "/out", "max_new_tokens": 64}, engine={"model": "/m"},
+                                run={"run_date": "2026-11-20"}))
+    assert cluster_side(job_command(spec)) == spec
+    as_dict = {"inputs": ["/in"], "output": {"uri": "/out", "max_new_tokens": 64}, "engine": {"model": "/m"},
+               "run": {"run_date": "2026-11-20"}}
     assert resolve_spec(as_dict) == spec
 
 
-def test_a_setting_without_flag_is_refused_not_dropped():
+def test_every_setting_travels():
+    """Settings with no option of their own before (storage region, timeouts) reach the cluster too."""
     spec = resolve_spec(ARGS)
-    spec = dataclasses.replace(spec, storage=dataclasses.replace(spec.storage, region="eu-central-1"))
-    with pytest.raises(ValueError, match="storage.region"):
-        spec_to_argv(spec)
+    spec = spec.model_copy(update={"storage": spec.storage.model_copy(update={"region": "eu-central-1",
+                                                                              "request_timeout_s": 5.0})})
+    back = cluster_side(job_command(spec))
+    assert back == spec and back.storage.region == "eu-central-1" and back.storage.request_timeout_s == 5.0
 
 
 def test_bad_arguments_fail_before_submission():
@@ -54,13 +62,14 @@ def test_document_parsing_options_travel_to_the_cluster(tmp_path):
     schema = tmp_path / "invoice.json"
     schema.write_text('{"type": "object", "required": ["total"]}')
     spec = resolve_spec(ARGS + ["--strict", "--retries", "2", "--pdf-text", "prefer", "--json-schema", str(schema)])
-    argv = spec_to_argv(spec)
-    assert "--strict" in argv and "True" not in argv
-    assert argv[argv.index("--json-schema") + 1] == '{"type":"object","required":["total"]}'
-    back = resolve_spec(argv)
-    assert (back.strict, back.retries, back.pdf_text) == (True, 2, "prefer")
-    assert back.schema_text() == spec.schema_text() and back.run_id == spec.run_id
-    assert "--strict" not in spec_to_argv(resolve_spec(ARGS))
+    command = job_command(spec)
+    assert str(schema) not in shlex.join(command)
+    schema.unlink()  # not on the cluster
+    back = cluster_side(command)
+    assert (back.output.strict, back.output.retries, back.pages.pdf_text) == (True, 2, "prefer")
+    assert back.output.json_schema == '{"type":"object","required":["total"]}' == spec.output.json_schema
+    assert back.run.run_id == spec.run.run_id
+    assert resolve_spec(ARGS).output.strict is False
 
 
 def test_a_broken_log_stream_still_ends_with_the_run_summary(capsys):

@@ -13,7 +13,6 @@ import textwrap
 
 import pytest
 
-from jobs import console
 from jobs.console import Counts, Progress, heartbeat_line, work_counts
 from jobs.exit_codes import ExitCode
 
@@ -75,7 +74,7 @@ def test_log_file_takes_what_children_and_the_c_level_write(tmp_path):
     log = tmp_path / "run.log"
     script = textwrap.dedent(f"""
         import os, subprocess, sys
-        from jobs.console import LogFile
+        from model.logfile import LogFile
         with LogFile({str(log)!r}) as lf:
             print("python stdout line")
             print("python stderr line", file=sys.stderr)
@@ -95,10 +94,12 @@ def test_log_file_takes_what_children_and_the_c_level_write(tmp_path):
 def test_default_log_path_is_beside_rays_logs(monkeypatch, tmp_path):
     monkeypatch.delenv("G4U_LOG_DIR", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
-    path = console.default_log_path("jobs-run", "20261122-abc")
+    from model.logfile import default_log_path
+
+    path = default_log_path("jobs-run", "20261122-abc")
     assert path.parent == tmp_path / "ray" / "g4u-logs" and path.name.startswith("jobs-run-20261122-abc-")
     monkeypatch.setenv("G4U_LOG_DIR", str(tmp_path / "logs"))
-    assert console.default_log_path("jobs-run", "x").parent == tmp_path / "logs"
+    assert default_log_path("jobs-run", "x").parent == tmp_path / "logs"
 
 
 # -- exit codes -------------------------------------------------------------------------------------

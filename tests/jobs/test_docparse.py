@@ -43,12 +43,13 @@ def job(tmp_path_factory, tiny_checkpoint, ray_local):
     })
     pq.write_table(table, root / "rows.parquet")
     spec = JobSpec(
-        inputs=[str(inputs), str(root / "rows.parquet")], output=str(root / "out"), model=str(tiny_checkpoint),
-        max_new_tokens=MAX_NEW_TOKENS, max_model_len=4096, batch_size=4, pdf_dpi=60, retries=1, pdf_text="prefer",
-        run_date=RUN_DATE,
-    )
+        inputs=[str(inputs), str(root / "rows.parquet")],
+        output={"uri": str(root / "out"), "max_new_tokens": MAX_NEW_TOKENS, "retries": 1},
+        engine={"model": str(tiny_checkpoint), "max_model_len": 4096}, pages={"pdf_dpi": 60, "pdf_text": "prefer"},
+        run={"batch_size": 4, "run_date": RUN_DATE},
+    ).resolve()
     summary = run_job(spec)
-    out = pathlib.Path(spec.output)
+    out = pathlib.Path(spec.output.uri)
     sources = pq.read_table(out / "sources").to_pylist()
     segments = pq.read_table(out / "segments").to_pylist()
     return dict(spec=spec, summary=summary, out=out,

@@ -101,17 +101,12 @@ def job(s3_endpoint, tiny_checkpoint, ray_local):
     _put_objects(s3_endpoint)
     spec = JobSpec(
         inputs=["s3://scans/mixed/", "s3://tables/bytes.parquet", "s3://tables/uris.parquet"],
-        output="s3://out/nightly",
-        model=str(tiny_checkpoint),
-        max_new_tokens=4,
-        max_model_len=4096,
-        batch_size=4,
-        pdf_dpi=60,
-        error_threshold=0.5,
-        run_date=RUN_DATE,
+        output={"uri": "s3://out/nightly", "max_new_tokens": 4, "subtitles": "srt"},
+        engine={"model": str(tiny_checkpoint), "max_model_len": 4096},
+        pages={"pdf_dpi": 60},
+        run={"batch_size": 4, "error_threshold": 0.5, "run_date": RUN_DATE},
         storage=StorageConfig(endpoint_url=s3_endpoint),
-        subtitles="srt",
-    )
+    ).resolve()
     summary = run_job(spec)
     fs = spec.storage.s3()
     sources = _read(fs, "out/nightly/sources")
@@ -142,7 +137,7 @@ def test_every_input_is_exactly_one_source_row(job):
         assert row["status"] == "error" and message in row["error"], (name, row["error"])
         assert row["text"] is None and row["num_segments"] == 0
     assert set(sources.run_date.astype(str)) == {RUN_DATE}
-    assert set(sources.run_id) == {job["spec"].run_id}
+    assert set(sources.run_id) == {job["spec"].run.run_id}
 
 
 def test_segments_match_pages_and_chunks(job):
@@ -215,7 +210,7 @@ def test_token_ids_equal_a_direct_vllm_call(job):
         prompts.messages_for_item("auto", "document", image=page),
         prompts.messages_for_item("auto", "audio", audio=audio_chunks.chunk_samples(audio, chunk)),
     ]
-    with running_engine(job["spec"].engine_settings()) as llm:
+    with running_engine(job["spec"].engine) as llm:
         outs = llm.chat(conversations, SamplingParams(temperature=0.0, max_tokens=4),
                         chat_template_content_format="openai", use_tqdm=False)
     expected = [list(o.outputs[0].token_ids) for o in outs]
@@ -231,9 +226,9 @@ def test_rerun_same_date_is_idempotent_and_threshold_exit(job):
     from jobs.run import EXIT_TOO_MANY_ERRORS, main
 
     spec = job["spec"]
-    argv = ["--output", spec.output, "--model", spec.model, "--run-date", RUN_DATE,
+    argv = ["--output", spec.output.uri, "--model", spec.engine.model, "--run-date", RUN_DATE,
             "--max-new-tokens", "4", "--max-model-len", "4096", "--batch-size", "4", "--pdf-dpi", "60",
-            "--error-threshold", "0.1", "--run-id", spec.run_id, "--s3-endpoint", spec.storage.endpoint_url]
+            "--error-threshold", "0.1", "--run-id", spec.run.run_id, "--s3-endpoint", spec.storage.endpoint_url]
     for uri in spec.inputs:
         argv += ["--input", uri]
     assert main(argv) == EXIT_TOO_MANY_ERRORS
@@ -258,7 +253,7 @@ def test_subtitle_files_beside_the_tables(job):
     info, fs = job["summary"]["subtitles"], job["fs"]
     spec = job["spec"]
     assert info["format"] == "srt" and info["files"] == 4  # memo, meeting, silence, p4
-    assert info["directory"] == f"s3://out/nightly/subtitles/run_date={RUN_DATE}/{spec.run_id}"
+    assert info["directory"] == f"s3://out/nightly/subtitles/run_date={RUN_DATE}/{spec.run.run_id}"
     sources = job["sources"].set_index("source_uri")
     meeting_id = sources.loc["s3://scans/mixed/meeting.flac", "source_id"]
     base = info["directory"].removeprefix("s3://")

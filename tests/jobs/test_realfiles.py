@@ -55,11 +55,12 @@ def job(tmp_path_factory, tiny_checkpoint, ray_local):
     schemas = [s.schema for s in USER_SCHEMAS] + [UNBOUNDED]
     pq.write_table(pa.table({"id": names, "image": [page] * len(names),
                              "json_schema": [json.dumps(s) for s in schemas]}), root / "schemas.parquet")
-    spec = JobSpec(inputs=[str(inputs), str(root / "schemas.parquet")], output=str(root / "out"),
-                   model=str(tiny_checkpoint), json_schema=FILE_SCHEMA, max_new_tokens=MAX_NEW_TOKENS,
-                   max_model_len=4096, batch_size=8, pdf_dpi=60, error_threshold=0.5, run_date=RUN_DATE)
+    spec = JobSpec(inputs=[str(inputs), str(root / "schemas.parquet")],
+                   output={"uri": str(root / "out"), "json_schema": FILE_SCHEMA, "max_new_tokens": MAX_NEW_TOKENS},
+                   engine={"model": str(tiny_checkpoint), "max_model_len": 4096}, pages={"pdf_dpi": 60},
+                   run={"batch_size": 8, "error_threshold": 0.5, "run_date": RUN_DATE})
     summary = run_job(spec)
-    out = pathlib.Path(spec.output)
+    out = pathlib.Path(spec.output.uri)
     sources = pq.read_table(out / "sources").to_pylist()
     segments = pq.read_table(out / "segments").to_pylist()
     by_key = {(r["source_id"] if r["source_row"] else r["source_uri"].rsplit("/", 1)[-1]): r for r in sources}

@@ -82,8 +82,8 @@ def test_killed_run_resumes_without_recompute_or_duplicates(tmp_path, tiny_check
     first.wait()
     assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
 
-    spec = JobSpec(inputs=[str(inputs)], output=str(output), model=str(tiny_checkpoint),
-                   run_id="resume-test", run_date="2026-11-22")
+    spec = JobSpec(inputs=[str(inputs)], output={"uri": str(output)}, engine={"model": str(tiny_checkpoint)},
+                   run={"run_id": "resume-test", "run_date": "2026-11-22"})
     done_before = read_work(OutputLayout(spec), spec)  # also drops a file cut short by the kill
     finished = set(done_before.column("source_id").to_pylist())
     assert 0 < len(finished) < N_PAGES, f"kill landed outside the run: {len(finished)} finished"

@@ -100,9 +100,10 @@ def _oom_kills() -> int:
                for log in (_session_dir() / "logs").glob("raylet*.out"))
 
 
-def _run(inputs: pathlib.Path, out: pathlib.Path, model, **settings):
-    spec = JobSpec(inputs=[str(inputs)], output=str(out), model=str(model), max_new_tokens=1,
-                   max_model_len=4096, error_threshold=0.0, run_date="2026-11-22", **settings)
+def _run(inputs: pathlib.Path, out: pathlib.Path, model, image_tokens: int):
+    spec = JobSpec(inputs=[str(inputs)], output={"uri": str(out), "max_new_tokens": 1},
+                   engine={"model": str(model), "max_model_len": 4096, "image_tokens": image_tokens},
+                   run={"error_threshold": 0.0, "run_date": "2026-11-22"})
     kills = _oom_kills()
     with DecodeMemory() as memory:
         summary = run_job(spec)

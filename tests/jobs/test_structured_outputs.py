@@ -52,8 +52,8 @@ def test_a_job_schema_nothing_can_run_fails_before_ray_starts(tmp_path, tiny_che
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "page.png").write_bytes(samples.png_page("x"))
     refused = next(s for s in USER_SCHEMAS if s.refused == "uniqueItems")
-    spec = JobSpec(inputs=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=str(tiny_checkpoint),
-                   json_schema=json.dumps(refused.schema))
+    spec = JobSpec(inputs=[str(tmp_path / "in")], output={"uri": str(tmp_path / "out"), "json_schema": json.dumps(refused.schema)},
+                   engine={"model": str(tiny_checkpoint)})
     ray_before = ray.is_initialized()
     started = time.monotonic()
     with pytest.raises(preflight.PreflightConfigError) as info:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.engine import EngineSettings
+from model.engine import EngineConfig
 from tests.engines import running_engine
 from tests.model.reference import (
     TOP_K,
@@ -84,7 +84,7 @@ def vision_mask_reference(reference: Reference, case: Case, max_new_tokens: int)
 
 @pytest.fixture(scope="module")
 def llm(tiny_checkpoint_bidi):
-    settings = EngineSettings(
+    settings = EngineConfig(
         model=str(tiny_checkpoint_bidi), device="cpu", max_model_len=4096, max_images_per_prompt=4, max_audios_per_prompt=4
     )
     with running_engine(settings, max_num_batched_tokens=STEP_TOKEN_BUDGET) as engine:
@@ -135,11 +135,11 @@ def image(rng, lo: int, hi: int):
 def test_engine_settings_keep_each_image_in_one_step(tiny_checkpoint_bidi, tiny_checkpoint):
     from model.mm_scheduler import SCHEDULER_CLS
 
-    kwargs = EngineSettings(model=str(tiny_checkpoint_bidi), device="cpu").vllm_kwargs()
+    kwargs = EngineConfig(model=str(tiny_checkpoint_bidi), device="cpu").vllm_kwargs()
     assert kwargs["disable_chunked_mm_input"] is True
     assert kwargs["scheduler_cls"] == SCHEDULER_CLS
     # Checkpoints without the bidirectional mask keep vLLM's default scheduling.
-    plain = EngineSettings(model=str(tiny_checkpoint), device="cpu").vllm_kwargs()
+    plain = EngineConfig(model=str(tiny_checkpoint), device="cpu").vllm_kwargs()
     assert "disable_chunked_mm_input" not in plain and "scheduler_cls" not in plain
 
 

@@ -22,9 +22,9 @@ from tests.engines import running_engine
 
 @pytest.fixture(scope="module")
 def demo_llm():
-    from model.engine import EngineSettings
+    from model.engine import EngineConfig
 
-    settings = EngineSettings(
+    settings = EngineConfig(
         model=str(demo.path(train_if_missing=False)),
         device="cpu",
         max_model_len=1024,
@@ -83,13 +83,13 @@ def _pipeline_requests(path, spec) -> list[tuple[list[dict], dict]]:
     from model.inputs.prompts import default_tasks as checkpoint_tasks
 
     ctx = stages.StageContext(
-        run_id="demo-test", attempt="a", task=spec.task, storage=StorageConfig(), limits=spec.media_limits(),
-        parquet=spec.parquet, segmentation=spec.audio_segmentation(), audio=spec.checkpoint_audio(),
-        max_new_tokens=spec.max_new_tokens,
-        default_tasks=checkpoint_tasks(spec.model), geometry=spec.page_geometry())
+        run_id="demo-test", attempt="a", task=spec.output.task, storage=StorageConfig(), limits=spec.media_limits(),
+        parquet=spec.parquet, segmentation=spec.audio.to_segmentation(), audio=spec.engine.checkpoint_audio(),
+        max_new_tokens=spec.output.max_new_tokens,
+        default_tasks=checkpoint_tasks(spec.engine.model), geometry=spec.engine.page_geometry())
     rows = list(stages.decode_source(file_source(str(path)), ctx))
     assert all(r["error"] is None for r in rows), rows
-    requests = [stages.to_llm_request(r, spec.max_new_tokens) for r in sorted(rows, key=lambda r: r["segment_index"])]
+    requests = [stages.to_llm_request(r, spec.output.max_new_tokens) for r in sorted(rows, key=lambda r: r["segment_index"])]
     return [(r["messages"], r.get("mm_processor_kwargs") or {}) for r in requests]
 
 
@@ -119,8 +119,8 @@ def test_reads_the_main_jobs_demo_inputs(demo_llm, tmp_path):
     from jobs.spec import JobSpec
 
     files = write_demo_inputs(tmp_path)
-    spec = JobSpec(inputs=[str(tmp_path)], output=str(tmp_path / "out"), model=str(demo.SHIPPED),
-                   pdf_dpi=DEMO_PDF_DPI)
+    spec = JobSpec(inputs=[str(tmp_path)], output={"uri": str(tmp_path / "out")}, engine={"model": str(demo.SHIPPED)},
+                   pages={"pdf_dpi": DEMO_PDF_DPI})
     requests, wanted = [], []
     for name in ("receipt.jpg", "report.pdf", "delivery.tiff", "memo.wav"):
         texts = files[name][1].split("\n\n")
@@ -162,8 +162,8 @@ def test_reads_phone_photos_and_heic_as_well_as_the_upright_jpegs(demo_llm, tmp_
         "upright.heic": lambda image: realfiles.heic(image, 1),
         "o6.heic": lambda image: realfiles.heic(image, 6),
     }
-    spec = JobSpec(inputs=[str(tmp_path)], output=str(tmp_path / "out"), model=str(demo.SHIPPED))
-    policy = MediaPolicy(ServingConfig(model=str(demo.SHIPPED), device="cpu"))
+    spec = JobSpec(inputs=[str(tmp_path)], output={"uri": str(tmp_path / "out")}, engine={"model": str(demo.SHIPPED)})
+    policy = MediaPolicy(ServingConfig(engine={"model": str(demo.SHIPPED), "device": "cpu"}))
     requests, keys = [], []
     for name, make in variants.items():
         for i, text in enumerate(lines):

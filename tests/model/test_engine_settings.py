@@ -1,12 +1,12 @@
-"""The one engine-settings builder renders consistent settings for vLLM, ray.data.llm and ray.serve.llm."""
+"""The one engine configuration renders consistent settings for vLLM, ray.data.llm and ray.serve.llm."""
 
 import pytest
 
-from model.engine import EngineSettings
+from model.engine import EngineConfig
 
 
 def test_cpu_rendering(tiny_checkpoint):
-    s = EngineSettings(model=str(tiny_checkpoint), device="cpu", max_model_len=2048, max_soft_tokens=1120)
+    s = EngineConfig(model=str(tiny_checkpoint), device="cpu", max_model_len=2048, image_tokens=1120)
     kw = s.vllm_kwargs()
     assert kw["dtype"] == "float32" and kw["enforce_eager"] is True
     assert kw["limit_mm_per_prompt"] == {"image": 4, "audio": 4, "video": 0}
@@ -18,7 +18,7 @@ def test_cpu_rendering(tiny_checkpoint):
 
 
 def test_gpu_rendering(tiny_checkpoint):
-    s = EngineSettings(model=str(tiny_checkpoint), device="gpu", tensor_parallel_size=2)
+    s = EngineConfig(model=str(tiny_checkpoint), device="gpu", tensor_parallel_size=2)
     kw = s.vllm_kwargs()
     assert kw["dtype"] == "bfloat16" and kw["enforce_eager"] is False
     assert kw["tensor_parallel_size"] == 2 and kw["gpu_memory_utilization"] == 0.9
@@ -28,36 +28,45 @@ def test_gpu_rendering(tiny_checkpoint):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"device": "tpu"}, "device must be"),
+        ({"device": "tpu"}, "device\n  Input should be 'auto', 'cpu' or 'gpu'"),
         ({"tensor_parallel_size": 0}, "tensor_parallel_size"),
-        ({"max_soft_tokens": 300}, "max_soft_tokens must be one of"),
+        ({"image_tokens": 300}, "image_tokens\n  Input should be 70, 140, 280, 560 or 1120"),
     ],
 )
 def test_invalid_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        EngineSettings(model="x", **kwargs)
+        EngineConfig(model="x", **kwargs)
 
 
 def test_gpu_keeps_vllms_own_concurrency_unless_set(tiny_checkpoint):
     # No cap on GPU: vLLM picks max_num_seqs / max_num_batched_tokens for the hardware.
-    kw = EngineSettings(model=str(tiny_checkpoint), device="gpu").vllm_kwargs()
+    kw = EngineConfig(model=str(tiny_checkpoint), device="gpu").vllm_kwargs()
     assert "max_num_seqs" not in kw and "max_num_batched_tokens" not in kw
-    s = EngineSettings(model=str(tiny_checkpoint), device="gpu", max_num_seqs=512, max_num_batched_tokens=16384)
+    s = EngineConfig(model=str(tiny_checkpoint), device="gpu", max_num_seqs=512, max_num_batched_tokens=16384)
     kw = s.ray_engine_kwargs()
     assert (kw["max_num_seqs"], kw["max_num_batched_tokens"]) == (512, 16384)
     # Defaults found for the cluster fill only what the user left unset.
-    filled = EngineSettings(model="m", device="gpu", max_num_seqs=96).with_batch_defaults(1024, 16384)
+    filled = EngineConfig(model="m", device="gpu", max_num_seqs=96).with_batch_defaults(1024, 16384)
     assert (filled.max_num_seqs, filled.max_num_batched_tokens) == (96, 16384)
 
 
 def test_cpu_keeps_its_measured_concurrency(tiny_checkpoint):
-    s = EngineSettings(model=str(tiny_checkpoint), device="cpu")
+    s = EngineConfig(model=str(tiny_checkpoint), device="cpu")
     assert s.vllm_kwargs()["max_num_seqs"] == s.resolved_max_num_seqs() == 64
     assert "max_num_batched_tokens" not in s.vllm_kwargs()
-    assert EngineSettings(model="m", device="cpu", max_num_seqs=8).vllm_kwargs()["max_num_seqs"] == 8
+    assert EngineConfig(model="m", device="cpu", max_num_seqs=8).vllm_kwargs()["max_num_seqs"] == 8
 
 
 @pytest.mark.parametrize("field", ["max_num_seqs", "max_num_batched_tokens"])
 def test_concurrency_settings_must_be_positive(field):
     with pytest.raises(ValueError, match=field):
-        EngineSettings(model="x", **{field: 0})
+        EngineConfig(model="x", **{field: 0})
+
+
+def test_any_vllm_argument_passes_through_and_gpu_memory_and_kv_cache_dtype_are_settings(tiny_checkpoint):
+    s = EngineConfig(model=str(tiny_checkpoint), device="gpu", gpu_memory_utilization=0.75, kv_cache_dtype="fp8",
+                     engine_kwargs={"enable_prefix_caching": False, "max_num_seqs": 7})
+    kw = s.vllm_kwargs()
+    assert (kw["gpu_memory_utilization"], kw["kv_cache_dtype"], kw["enable_prefix_caching"]) == (0.75, "fp8", False)
+    assert kw["max_num_seqs"] == 7  # the pass-through is applied last
+    assert "kv_cache_dtype" not in EngineConfig(model="m", device="cpu").vllm_kwargs()  # auto: vLLM's own

@@ -1,35 +1,14 @@
-"""The package layout: moved modules keep their old names, and project modules import no cycle."""
+"""The package layout: project modules import no cycle, and the endpoint does not import the batch job."""
 
 from __future__ import annotations
 
 import ast
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGES = ("model", "jobs", "serving", "connectors")
-
-
-@pytest.mark.parametrize("old, new", [
-    ("model.media", "model.inputs.media"), ("model.prompts", "model.inputs.prompts"),
-    ("model.audio_chunks", "model.inputs.audio_chunks"), ("model.tiny", "model.checkpoints.tiny"),
-    ("model.demo", "model.checkpoints.demo"), ("model.demo_data", "model.checkpoints.demo_data"),
-    ("model.train_demo", "model.checkpoints.train_demo"),
-])
-def test_old_module_names_are_the_moved_modules(old, new):
-    import importlib
-
-    assert importlib.import_module(old) is importlib.import_module(new)
-    assert importlib.import_module(new).__spec__.name == new  # the alias does not rename the module
-
-
-def test_old_cli_name_runs_the_moved_module():
-    out = subprocess.run([sys.executable, "-m", "model.demo", "--path"], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
-    assert out.stdout.strip().endswith("model/checkpoints/demo_checkpoint")
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -71,3 +50,15 @@ def test_no_import_cycles():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_shared_code_lives_where_both_sides_import_it():
+    """serving/ does not import jobs/ (what both need lives in model/ or connectors/), and neither
+    model/ nor connectors/ imports jobs/ or serving/."""
+    modules = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    edges = {(name, m) for name, path in modules.items() for m in _imports(path, name) if m in modules}
+    serving_to_jobs = {(a, b) for a, b in edges if a.startswith("serving") and b.startswith("jobs")}
+    assert not serving_to_jobs, sorted(serving_to_jobs)
+    shared = {(a, b) for a, b in edges if a.split(".")[0] in ("model", "connectors")
+              and b.split(".")[0] in ("jobs", "serving")}
+    assert not shared, sorted(shared)

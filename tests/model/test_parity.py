@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from model.engine import EngineSettings
+from model.engine import EngineConfig
 from tests.engines import running_engine
 from tests.model.reference import (
     Case,
@@ -33,8 +33,8 @@ SEED = int(os.environ.get("PARITY_SEED", np.random.SeedSequence().entropy % 2**3
 WINDOW_SAMPLES = 750 * 640  # the tiny checkpoint keeps the real 30 s audio window
 
 
-def settings(checkpoint) -> EngineSettings:
-    return EngineSettings(
+def settings(checkpoint) -> EngineConfig:
+    return EngineConfig(
         model=str(checkpoint), device="cpu", max_model_len=4096, max_images_per_prompt=4, max_audios_per_prompt=4
     )
 

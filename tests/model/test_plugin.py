@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from model.engine import EngineSettings
+from model.engine import EngineConfig
 from model.registration import ARCHITECTURE, UPSTREAM_ARCHITECTURE
 
 # No project import anywhere in this script: vLLM must find the class through the entry point, in
@@ -66,7 +66,7 @@ def test_upstream_architecture_is_pointed_at_the_project_class(tiny_checkpoint, 
     (upstream / "config.json").unlink()
     (upstream / "config.json").write_text(json.dumps(config))
 
-    settings = EngineSettings(model=str(upstream), device="cpu")
+    settings = EngineConfig(model=str(upstream), device="cpu")
     kwargs = settings.vllm_kwargs()
     assert kwargs["hf_overrides"] == {"architectures": [ARCHITECTURE]}
 
@@ -78,10 +78,10 @@ def test_upstream_architecture_is_pointed_at_the_project_class(tiny_checkpoint, 
     assert resolved.architecture == ARCHITECTURE
     plain = ModelConfig(model=str(tiny_checkpoint), dtype="float32")
     assert plain.architecture == ARCHITECTURE
-    assert EngineSettings(model=str(tiny_checkpoint), device="cpu").vllm_kwargs().get("hf_overrides") is None
+    assert EngineConfig(model=str(tiny_checkpoint), device="cpu").vllm_kwargs().get("hf_overrides") is None
 
 
 def test_other_architectures_are_rejected(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(ValueError, match="not a Gemma 4 Unified checkpoint"):
-        EngineSettings(model=str(tmp_path)).vllm_kwargs()
+        EngineConfig(model=str(tmp_path)).vllm_kwargs()

@@ -19,7 +19,8 @@ inside pyarrow reads that as an error embedded in a 200 (`AWS Error INTERNAL_FAI
 CompleteMultipartUpload`), and pyarrow writes every object as a multipart upload. The proxy
 rewrites upstream's answer to exactly those bytes, so the refusal is the real one on the wire.
 
-Everything else is forwarded unchanged. Counters say what was injected, per kind and per key.
+Everything else is forwarded unchanged. Counters say what was injected, per kind and per key, and
+which access key ids signed the requests (SigV4 `Authorization: ... Credential=<id>/...`).
 
 Why hand-written: the faults must be real HTTP on a real socket between the real S3 client (the AWS
 SDK inside pyarrow, botocore) and a real S3 server; moto's fault hooks act inside the server and
@@ -33,6 +34,7 @@ import dataclasses
 import http.client
 import http.server
 import random
+import re
 import socket
 import threading
 import urllib.parse
@@ -46,6 +48,7 @@ _ERRORS = {
     403: (403, "AccessDenied", "Access Denied"),
     404: (404, "NoSuchKey", "The specified key does not exist."),
 }
+_SIGNER = re.compile(r"Credential=([^/,\s]+)/")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "trailer", "upgrade"}
 
 
@@ -67,6 +70,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self.injected: collections.Counter = collections.Counter()  # fault kind -> count
         self.permanent_served: collections.Counter = collections.Counter()  # key -> count
+        self.access_keys: collections.Counter = collections.Counter()  # access key id -> requests signed
         self.requests = 0
         self.forwarded = 0
         self.multipart_refused = 0
@@ -103,10 +107,13 @@ class FaultProxy:
         return sum(self.injected.values())
 
     # -- decisions ------------------------------------------------------------------------------
-    def decide(self, method: str, path: str) -> tuple[str, object]:
+    def decide(self, method: str, path: str, authorization: str = "") -> tuple[str, object]:
         key = urllib.parse.unquote(path.split("?", 1)[0]).lstrip("/")
+        signer = _SIGNER.search(authorization)
         with self._lock:
             self.requests += 1
+            if signer:
+                self.access_keys[signer[1]] += 1
             status = self.plan.permanent.get(key)
             if status is not None and method in ("GET", "HEAD"):
                 self.permanent_served[key] += 1
@@ -173,7 +180,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._read_body()
-        action, detail = self.owner.decide(self.command, self.path)
+        action, detail = self.owner.decide(self.command, self.path, self.headers.get("Authorization") or "")
         if action == "permanent":
             self._error(*_ERRORS[detail])
             return

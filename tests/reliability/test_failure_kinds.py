@@ -136,8 +136,8 @@ def _attempts(tmp_path, monkeypatch, outcomes, **spec_kw):
     from jobs.workarea import OutputLayout
 
     (tmp_path / "in").mkdir()
-    spec = JobSpec(inputs=[str(tmp_path / "in")], output=str(tmp_path / "out"), model=str(tmp_path / "model"),
-                   run_id="attempts", **spec_kw)
+    spec = JobSpec(inputs=[str(tmp_path / "in")], output={"uri": str(tmp_path / "out")},
+                   engine={"model": str(tmp_path / "model")}, run={"run_id": "attempts", **spec_kw})
     calls = []
 
     def stream(spec, layout, ctx, pending, progress):

@@ -54,8 +54,8 @@ def _proxy(s3_endpoint, **plan) -> FaultProxy:
 
 
 def _spec(model, proxy: FaultProxy, **kw) -> JobSpec:
-    return JobSpec(inputs=kw.pop("inputs", [f"s3://{BUCKET}/in/"]), output=kw.pop("output", f"s3://{BUCKET}/out"),
-                   model=str(model), storage=StorageConfig(endpoint_url=proxy.url), run_id="pf", **kw)
+    return JobSpec(inputs=kw.pop("inputs", [f"s3://{BUCKET}/in/"]), output={"uri": kw.pop("output", f"s3://{BUCKET}/out")},
+                   engine={"model": str(model)}, storage=StorageConfig(endpoint_url=proxy.url), run={"run_id": "pf"}, **kw)
 
 
 def _objects(s3, prefix: str) -> list[str]:
@@ -131,7 +131,8 @@ def test_a_local_output_that_cannot_be_written_is_a_configuration_error(tiny_che
     (tmp_path / "in").mkdir()
     (tmp_path / "a-file").write_text("")
     output = {"under_a_file": tmp_path / "a-file" / "out", "pseudo_fs": pathlib.Path("/proc/g4u-no-such-dir/out")}[where]
-    spec = JobSpec(inputs=[str(tmp_path / "in")], output=str(output), model=str(tiny_checkpoint), run_id="pf")
+    spec = JobSpec(inputs=[str(tmp_path / "in")], output={"uri": str(output)}, engine={"model": str(tiny_checkpoint)},
+                   run={"run_id": "pf"})
     with pytest.raises(preflight.PreflightError) as info:
         preflight.check(spec, f"{output}/_work/pf")
     assert info.value.check == "output" and isinstance(info.value, ConfigError)

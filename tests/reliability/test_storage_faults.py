@@ -79,3 +79,39 @@ def test_permanent_errors_are_reported_not_retried_forever(bucket, proxy, status
     assert message in str(info.value) and f"s3://{BUCKET}/in/denied.bin" in str(info.value)
     served = proxy.permanent_served[f"{BUCKET}/in/denied.bin"]
     assert 1 <= served <= 3, served  # asked once (HEAD and/or GET), not retried for minutes
+
+
+@pytest.mark.parametrize("key", ["in/invoice-4031.png", "in/scan-404 not found.png"])
+def test_a_transient_error_is_not_read_from_the_object_key(s3_endpoint, bucket, proxy, key):
+    """The store's answer decides, not text in the key: a 500/503 on `invoice-4031.png` is transient
+    (retried, then "could not read"), not a permanent "access denied"."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    proxy.set_plan(FaultPlan(transient_rate=1.0, kinds=("500", "503")))
+    config = StorageConfig(endpoint_url=proxy.url, max_attempts=1, read_attempts=1)
+    with pytest.raises(StorageError) as info:
+        read_bytes(f"s3://{BUCKET}/{key}", config)
+    assert not info.value.permanent, str(info.value)
+    assert str(info.value).startswith(f"could not read s3://{BUCKET}/{key} after retries")
+
+
+def test_an_explicit_profile_signs_the_requests(bucket, proxy, tmp_path, monkeypatch):
+    """`StorageConfig.profile` picks the credentials the filesystem signs with (and the profile's
+    region), not only the endpoint lookup; the process's own AWS_ACCESS_KEY_ID is not used."""
+    (tmp_path / "credentials").write_text(
+        "[team-b]\naws_access_key_id = team-b-key-id\naws_secret_access_key = team-b-secret\n")
+    (tmp_path / "config").write_text("[profile team-b]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    config = StorageConfig(endpoint_url=proxy.url, profile="team-b")
+    assert config.resolved_region() == "eu-west-1"
+    uri = next(iter(bucket))
+    assert read_bytes(uri, config) == bucket[uri]
+    assert set(proxy.access_keys) == {"team-b-key-id"}, proxy.access_keys
+    # Without a profile the process's own credentials sign, as before.
+    proxy.access_keys.clear()
+    assert read_bytes(uri, StorageConfig(endpoint_url=proxy.url)) == bucket[uri]
+    assert set(proxy.access_keys) == {os.environ["AWS_ACCESS_KEY_ID"]}, proxy.access_keys

@@ -25,16 +25,14 @@ KEY_A = "sk-test-team-a-0123456789"
 KEY_B = "sk-test-team-b-9876543210"
 KEY_LOAD = "sk-test-load-5555555555"  # a per-key override in the key file: 64 in flight (load clients)
 
-# Limits small enough to hit cheaply in tests.
+# Limits small enough to hit cheaply in tests (ServingConfig sections).
 TEST_LIMITS = dict(
-    max_body_bytes=4 * 1024 * 1024,
-    max_images_per_request=2,
-    max_image_pixels=1_000_000,
-    max_concurrent_per_key=3,
-    max_chat_audio_seconds=30.0,
-    max_transcription_seconds=300.0,
-    max_model_len=4096,
+    limits={"max_body_bytes": 4 * 1024 * 1024, "max_images_per_request": 2, "max_chat_audio_seconds": 30.0},
+    pages={"max_image_pixels": 1_000_000},
+    auth={"max_concurrent_per_key": 3},
+    audio={"max_audio_seconds": 300.0},
 )
+MAX_MODEL_LEN = 4096
 
 
 def png_bytes(width=64, height=48, seed=0) -> bytes:
@@ -98,6 +96,7 @@ def endpoint(tiny_checkpoint, s3_endpoint, ray_local, media_server, tmp_path_fac
     import requests
     from ray import serve
 
+    from model.config import merge
     from serving.app import build_app
 
     bucket = "serving-media"
@@ -115,15 +114,16 @@ def endpoint(tiny_checkpoint, s3_endpoint, ray_local, media_server, tmp_path_fac
     )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = merge(TEST_LIMITS, {
+        "engine": {"model": str(tiny_checkpoint), "device": "cpu", "max_model_len": MAX_MODEL_LEN},
+        "auth": {"api_keys_file": str(keys)},
+        # "localhost" allowlisted, 127.0.0.1 not: both name the same loopback media server.
+        "media": {"allowed_media_domains": ["localhost"]},
+    })
     app = build_app(
         dict(
-            model=str(tiny_checkpoint),
             model_id="gemma-tiny",
-            device="cpu",
-            api_keys_file=str(keys),
-            # "localhost" allowlisted, 127.0.0.1 not: both name the same loopback media server.
-            allowed_media_domains=["localhost"],
-            **TEST_LIMITS,
+            **config,
             # Credentials reach the ingress as a file, as on a cluster (a mounted secret): env vars in a
             # runtime_env would be written to Ray's runtime-env agent log.
             ingress_env={"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]},

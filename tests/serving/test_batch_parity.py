@@ -43,8 +43,8 @@ def batch(endpoint, tmp_path_factory):
         (inputs / name).write_bytes(payload)
     output = tmp_path_factory.mktemp("batch-out")
     spec = JobSpec(
-        inputs=[str(inputs)], output=str(output), model=str(endpoint.checkpoint), device="cpu",
-        max_new_tokens=MAX_NEW_TOKENS, max_model_len=4096, batch_size=4,
+        inputs=[str(inputs)], output={"uri": str(output), "max_new_tokens": MAX_NEW_TOKENS},
+        engine={"model": str(endpoint.checkpoint), "device": "cpu", "max_model_len": 4096}, run={"batch_size": 4},
     )
     run_job(spec)
     sources = read_table(str(output), "sources").to_pandas()

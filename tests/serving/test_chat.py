@@ -127,12 +127,13 @@ def test_second_key_works(endpoint):
 
 @pytest.fixture(scope="module")
 def direct_llm(endpoint):
-    """A direct vLLM engine with the same EngineSettings the endpoint renders (the reference)."""
+    """A direct vLLM engine with the same EngineConfig the endpoint renders (the reference)."""
     from serving.config import ServingConfig
     from tests.engines import running_engine
-    from tests.serving.conftest import TEST_LIMITS
+    from tests.serving.conftest import MAX_MODEL_LEN, TEST_LIMITS
 
-    settings = ServingConfig(model=str(endpoint.checkpoint), device="cpu", **TEST_LIMITS).engine_settings()
+    settings = ServingConfig(engine={"model": str(endpoint.checkpoint), "device": "cpu", "max_model_len": MAX_MODEL_LEN},
+                             **TEST_LIMITS).engine
     with running_engine(settings) as llm:
         yield llm
 

@@ -9,11 +9,11 @@ import time
 import pytest
 
 from serving.config import ServingConfig
-from serving.guard import KeyLimits, KeyStore, fingerprint, parse_keys
+from serving.guard import KeyLimits, KeyStore, fingerprint, parse_key_entries
 
 
 def test_parse_keys_file_and_env_forms():
-    assert parse_keys("# comment\nk1\n  k2  # team b\n\nk3,k4\n") == ["k1", "k2", "k3", "k4"]
+    assert list(parse_key_entries("# comment\nk1\n  k2  # team b\n\nk3,k4\n")) == ["k1", "k2", "k3", "k4"]
 
 
 def test_keystore_matches_and_rotates(tmp_path, monkeypatch):
@@ -57,40 +57,44 @@ def test_rate_limit_token_bucket():
 
 def test_config_rejects_unknown_fields_and_normalises():
     with pytest.raises(ValueError):
-        ServingConfig(model="/m", no_such_option=1)
-    config = ServingConfig(model="/models/gemma", allowed_media_domains=" Media.Example.com, ,cdn.example.com")
-    assert config.allowed_media_domains == ["media.example.com", "cdn.example.com"]
+        ServingConfig(engine={"model": "/m"}, no_such_option=1)
+    with pytest.raises(ValueError):
+        ServingConfig(engine={"model": "/m"}, auth={"no_such_option": 1})
+    config = ServingConfig(engine={"model": "/models/gemma"},
+                           media={"allowed_media_domains": " Media.Example.com, ,cdn.example.com"})
+    assert config.media.allowed_media_domains == ["media.example.com", "cdn.example.com"]
     assert config.served_model_id == "gemma"
-    assert config.images_per_request == config.max_images_per_prompt
+    assert config.images_per_request == config.engine.max_images_per_prompt
 
 
 
 def test_engine_concurrency_is_vllms_own_unless_set():
     from serving.app import config_from_argv
 
-    plain = ServingConfig(model="/m", device="gpu").engine_settings().vllm_kwargs()
+    plain = ServingConfig(engine={"model": "/m", "device": "gpu"}).engine.vllm_kwargs()
     assert "max_num_seqs" not in plain and "max_num_batched_tokens" not in plain
     config, _ = config_from_argv(["--model", "/m", "--max-num-seqs", "256", "--max-num-batched-tokens", "8192"])
-    assert (config.max_num_seqs, config.max_num_batched_tokens) == (256, 8192)
-    kw = config.engine_settings().ray_engine_kwargs()
+    assert (config.engine.max_num_seqs, config.engine.max_num_batched_tokens) == (256, 8192)
+    kw = config.engine.ray_engine_kwargs()
     assert (kw["max_num_seqs"], kw["max_num_batched_tokens"]) == (256, 8192)
 
 def test_builder_makes_ingress_plus_llm_server(tiny_checkpoint):
     """The Serve graph (no cluster needed to build it): our ingress over ray.serve.llm's LLMServer,
-    with EngineSettings' engine kwargs, CPU placement and the autoscaling settings."""
+    with EngineConfig's engine kwargs, CPU placement and the autoscaling settings."""
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
+    from model.config import nest
     from serving.app import build_app, llm_config
 
-    args = dict(model=str(tiny_checkpoint), device="cpu", min_replicas=1, max_replicas=3, target_ongoing_requests=5,
-                allow_unauthenticated=True)
+    args = {"engine.model": str(tiny_checkpoint), "engine.device": "cpu", "deployment.min_replicas": 1,
+            "deployment.max_replicas": 3, "deployment.target_ongoing_requests": 5, "auth.allow_unauthenticated": True}
     # Exactly how `serve run serving.app:build_app k=v ...` / a Serve config calls the builder
     # (string values, one dict argument).
     app = call_user_app_builder_with_args_if_necessary(build_app, {k: str(v) for k, v in args.items()})
     ingress = app._bound_deployment
     assert ingress.name == "OpenAiIngress"
     assert ingress.ray_actor_options["num_cpus"] == pytest.approx(0.1)
-    cfg = llm_config(ServingConfig(**args))
+    cfg = llm_config(ServingConfig.model_validate(nest(args)))
     assert cfg.engine_kwargs["dtype"] == "float32" and cfg.engine_kwargs["enforce_eager"] is True
     assert cfg.deployment_config["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 5}
     assert cfg.runtime_env["env_vars"]["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
@@ -136,7 +140,8 @@ def test_guard_adds_server_timing_with_handler_steps():
     async def handler(scope, receive, send):
         clock = timing.of(scope)
         clock.step("parse")
-        clock.add("llm", 0.012)
+        time.sleep(0.012)
+        clock.step("llm")
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": b"{}"})
 
@@ -146,7 +151,7 @@ def test_guard_adds_server_timing_with_handler_steps():
     assert status == 200
     steps = timing.parse_header(headers["server-timing"])
     assert list(steps) == ["guard", "parse", "llm", "ingress"]
-    assert steps["llm"] == pytest.approx(12.0)
+    assert steps["llm"] >= 12.0
     assert steps["ingress"] >= steps["guard"] + steps["parse"]
     # Refusals by the guard itself carry no timing (nothing was admitted).
     status, headers, _ = _asgi_call(guard, body=b"x" * 2000)

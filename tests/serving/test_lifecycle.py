@@ -40,7 +40,7 @@ def _app_raising(exc: Exception):
     from serving.config import ServingConfig
     from serving.ingress import build_fastapi_app
 
-    app = build_fastapi_app(ServingConfig(model="/m", allow_unauthenticated=True))
+    app = build_fastapi_app(ServingConfig(engine={"model": "/m"}, auth={"allow_unauthenticated": True}))
     calls = []
 
     @app.post("/v1/chat/completions")
@@ -77,5 +77,6 @@ def test_builder_bounds_the_llm_server_queue(tiny_checkpoint):
     from serving.app import llm_config
     from serving.config import ServingConfig
 
-    cfg = llm_config(ServingConfig(model=str(tiny_checkpoint), device="cpu", max_queued_requests=32))
+    cfg = llm_config(ServingConfig(engine={"model": str(tiny_checkpoint), "device": "cpu"},
+                                   deployment={"max_queued_requests": 32}))
     assert cfg.deployment_config["max_queued_requests"] == 32

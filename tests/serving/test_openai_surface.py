@@ -21,11 +21,11 @@ def _create(endpoint, **kwargs):
 
 
 def test_models_report_the_context_length(endpoint):
-    from tests.serving.conftest import TEST_LIMITS
+    from tests.serving.conftest import MAX_MODEL_LEN
 
     (card,) = endpoint.client().models.list().data
     assert card.id == endpoint.model_id and card.object == "model" and card.created > 0
-    assert card.model_extra["max_model_len"] == TEST_LIMITS["max_model_len"]
+    assert card.model_extra["max_model_len"] == MAX_MODEL_LEN
     assert endpoint.client().models.retrieve(endpoint.model_id).model_extra["max_model_len"] == card.model_extra["max_model_len"]
 
 

@@ -63,7 +63,7 @@ def test_basic_auth_scheme_is_401(endpoint):
 
 
 def test_body_over_limit_is_413(endpoint):
-    big = "x" * (TEST_LIMITS["max_body_bytes"] + 1)
+    big = "x" * (TEST_LIMITS["limits"]["max_body_bytes"] + 1)
     r = _post(endpoint, _chat(endpoint, big))
     _assert_openai_error(r, 413)
 
@@ -79,7 +79,7 @@ def test_chunked_body_over_limit_is_413(endpoint):
 
 def test_413_needs_no_key_check_first(endpoint):
     # An oversized body is refused from its declared size before anything else is read.
-    r = _post(endpoint, "x" * (TEST_LIMITS["max_body_bytes"] + 10), key=None)
+    r = _post(endpoint, "x" * (TEST_LIMITS["limits"]["max_body_bytes"] + 10), key=None)
     assert r.status_code == 413
 
 
@@ -223,7 +223,7 @@ def test_unknown_route_and_method(endpoint):
 
 
 def test_per_key_concurrency_limit_is_429_and_isolated(endpoint):
-    limit = TEST_LIMITS["max_concurrent_per_key"]
+    limit = TEST_LIMITS["auth"]["max_concurrent_per_key"]
     long_body = _chat(endpoint, "count", max_tokens=3000, min_tokens=3000, stream=True)
     streams = []
     try:
